@@ -1,0 +1,89 @@
+"""Pareto fronts of a sweep (W-F1 vs worst-language gender gap), optionally with the deployment
+operating point and hypervolume-vs-trials curves of several runs.
+
+    python analysis/pareto.py RUN_DIR [--split dev|test] [--gap wf1|avg] [--by-language]
+        [--max-gap 2 --objective wf1] [--hypervolume OTHER_RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ermgap_ray.pareto import select_operating_point
+from ermgap_ray.report import (
+    hypervolume_over_trials,
+    load_run,
+    pareto_frame,
+    plot_hypervolume,
+    plot_pareto,
+    save_figure,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("run_dir", type=Path, help="sweep results directory (holds trials.parquet)")
+    parser.add_argument("--split", choices=("dev", "test"), default="dev", help="metrics to plot")
+    parser.add_argument(
+        "--gap",
+        choices=("tpr", "fpr", "wf1", "acc", "avg"),
+        default="wf1",
+        help="gender gap on the x axis: max_gap_<gap> (gap_<gap>/<lang> by language)",
+    )
+    parser.add_argument("--by-language", action="store_true", help="one panel per language")
+    parser.add_argument(
+        "--max-gap",
+        type=float,
+        default=None,
+        help="mark the operating point: best dev objective whose dev max gap's "
+        "upper 95%% CI over seeds is <= this many percentage points",
+    )
+    parser.add_argument(
+        "--objective", default="wf1", help="dev metric the operating point maximises"
+    )
+    parser.add_argument(
+        "--hypervolume",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="also plot hypervolume vs trials of RUN_DIR and these runs",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output dir (RUN_DIR/figures)")
+    args = parser.parse_args(argv)
+    try:
+        df, _ = load_run(args.run_dir)
+        gap = f"max_gap_{args.gap}"
+        op = None
+        if args.max_gap is not None:
+            op = select_operating_point(
+                df, f"{gap}<={args.max_gap / 100}", objective=args.objective
+            )
+            print(f"operating point: {op.reason}")
+        frame = pareto_frame(df, split=args.split, gap=gap, by_language=args.by_language)
+        out = args.out or args.run_dir / "figures"
+        stem = out / f"pareto_{args.split}_{gap}{'_by_language' if args.by_language else ''}"
+        paths = save_figure(plot_pareto(frame, operating_point=op), stem)
+        frame.to_csv(f"{stem}.csv", index=False)
+        paths.append(Path(f"{stem}.csv"))
+        if args.hypervolume is not None:
+            curves = {}
+            for run in dict.fromkeys([args.run_dir, *args.hypervolume]):
+                run_df, sweep = load_run(run)
+                objectives = sweep.get("objectives") or [["dev/wf1", "max"], [f"dev/{gap}", "min"]]
+                curves[sweep.get("name") or run.name] = hypervolume_over_trials(run_df, objectives)
+            paths += save_figure(plot_hypervolume(curves), out / "hypervolume_vs_trials")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
