@@ -66,6 +66,10 @@ class TrialConfig:
     batch_size: int = _knob(16, "Micro-batch size per worker.")
     grad_accum: int = _knob(1, "Micro-batches per optimizer step (gradient accumulation).")
     zero_stage: int = _knob(2, "DeepSpeed ZeRO stage (2 or 3).")
+    zero3_persistence_threshold: int = _knob(
+        100_000,
+        "ZeRO-3 keeps parameters smaller than this unsharded (DeepSpeed's default); 0 shards all.",
+    )
     backbone: str | None = _knob(
         None, "Local checkpoint dir or cached HF id; None = the embedded tiny Qwen2-Audio."
     )
@@ -104,6 +108,8 @@ class TrialConfig:
         for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "bootstrap"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
+        if self.zero3_persistence_threshold < 0:
+            raise bad("zero3_persistence_threshold", "must be >= 0")
         if self.keep_checkpoints < 1:
             raise bad("keep_checkpoints", "must be >= 1")
         if self.epochs < 0:

@@ -66,7 +66,9 @@ class TrialInputs:
     cache: Any | None
 
 
-def prepare_trial_inputs(cfg: TrialConfig, progress: bool = True) -> TrialInputs:
+def prepare_trial_inputs(
+    cfg: TrialConfig, progress: bool = True, check_audio: bool = True
+) -> TrialInputs:
     """Resolve and validate data and backbone, and build (or open) the encoder cache.
 
     Called once by the driver before any trial starts, so bad input fails fast with one line;
@@ -76,7 +78,7 @@ def prepare_trial_inputs(cfg: TrialConfig, progress: bool = True) -> TrialInputs
     from ermgap_ray.features import EmbeddingCache
     from ermgap_ray.model import resolve_backbone
 
-    records, fingerprint = resolve_data(cfg.data)
+    records, fingerprint = resolve_data(cfg.data, check_audio=check_audio)
     backbone_dir = resolve_backbone(cfg.backbone)
     cache = None
     if cfg.use_cache:
@@ -166,7 +168,10 @@ def deepspeed_config(cfg: TrialConfig, bf16: bool) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_optimization": {
+            "stage": cfg.zero_stage,
+            "stage3_param_persistence_threshold": cfg.zero3_persistence_threshold,
+        },
         "bf16": {"enabled": bf16},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -288,9 +293,9 @@ class Predictions:
         strata = stratum_index(sub["language"].map(LANGUAGES.index).to_numpy(), modality)
         genders = sub["gender"].map(GENDERS.index).to_numpy()
         gap = max_gender_gap(
-            torch.as_tensor(self.losses, dtype=torch.float64),
-            torch.as_tensor(strata),
-            torch.as_tensor(genders),
+            torch.tensor(self.losses, dtype=torch.float64),
+            torch.tensor(strata),
+            torch.tensor(genders),
             num_strata=NUM_STRATA,
         )
         return float(gap)
@@ -416,7 +421,7 @@ def run_loop(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     device = _device()
-    inputs = inputs or prepare_trial_inputs(cfg, progress=False)
+    inputs = inputs or prepare_trial_inputs(cfg, progress=False, check_audio=False)
     cache = inputs.cache if cfg.use_cache else None
 
     model = SERModel.from_backbone(

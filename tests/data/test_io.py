@@ -1,0 +1,130 @@
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from ermgap_ray.data import io
+from ermgap_ray.data.io import read_manifest, resolve_data, write_manifest
+from ermgap_ray.data.schema import COLUMNS, SAMPLE_RATE
+from ermgap_ray.data.validate import DataValidationError
+
+
+def test_manifest_round_trip_stores_relative_paths(
+    small_records: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = write_manifest(small_records, tmp_path / "sub" / "m.csv")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(raw.columns) == list(COLUMNS)
+    assert (
+        raw["audio"].str.startswith("../../").all() and not raw["audio"].str.startswith("/").any()
+    )
+    back = read_manifest(path)
+    pd.testing.assert_frame_equal(back, small_records)
+    assert not list((tmp_path / "sub").glob("*.tmp"))
+
+
+def test_malformed_csv_row_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.csv"
+    path.write_text(",".join(COLUMNS) + "\n" + ",".join("a" * 9) + "\n" + "x,y,z\n")
+    with pytest.raises(DataValidationError, match=r"manifest.csv line 3: 3 fields, header has 9"):
+        read_manifest(path)
+    path.write_text("")
+    with pytest.raises(DataValidationError, match="empty file"):
+        read_manifest(path)
+
+
+def test_resolve_folder_and_csv_specs_agree(small_corpus: Path) -> None:
+    by_dir, fp_dir = resolve_data(str(small_corpus.parent))
+    by_csv, fp_csv = resolve_data(str(small_corpus))
+    pd.testing.assert_frame_equal(by_dir, by_csv)
+    assert fp_dir == fp_csv and len(fp_dir) == 64
+
+
+def test_fingerprint_tracks_rows_and_file_stats(
+    small_records: pd.DataFrame, small_corpus: Path
+) -> None:
+    root = small_corpus.parent
+    base = io.data_fingerprint(small_records, root)
+    assert io.data_fingerprint(small_records, root) == base
+    relabel = small_records.copy()
+    relabel.loc[0, "emotion"] = "joy" if relabel.loc[0, "emotion"] != "joy" else "anger"
+    assert io.data_fingerprint(relabel, root) != base
+    st = os.stat(small_records["audio"].iloc[0])
+    try:
+        os.utime(small_records["audio"].iloc[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        assert io.data_fingerprint(small_records, root) != base
+        assert io.data_fingerprint(small_records, root, mtimes=False) == io.data_fingerprint(
+            small_records, root, mtimes=False
+        )
+    finally:
+        os.utime(small_records["audio"].iloc[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_bad_specs(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match=r"data spec '.*nowhere'"):
+        resolve_data(str(tmp_path / "nowhere"))
+    with pytest.raises(DataValidationError, match="is not a directory"):
+        resolve_data(f"meld-st:{tmp_path / 'none'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="manifest.csv"):
+        resolve_data(str(tmp_path / "empty"))
+
+
+def test_default_twin_is_generated_once_and_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two concurrent resolvers get the same corpus; a later call reuses it without writing."""
+    from ermgap_ray.data import synthetic
+
+    real = synthetic.make_corpus
+    calls: list[Path] = []
+
+    def small(out_dir, seed=0, **kw):
+        calls.append(Path(out_dir))
+        return real(out_dir, seed=seed, size="small")
+
+    monkeypatch.setattr(synthetic, "make_corpus", small)
+    monkeypatch.setenv("ERMGAP_CACHE", str(tmp_path / "cache"))
+    results: list[tuple[pd.DataFrame, str]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(resolve_data(None))) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    target = tmp_path / "cache" / "data" / "synthetic-v1-seed0"
+    assert (target / "manifest.csv").is_file()
+    assert len(results) == 2 and results[0][1] == results[1][1]
+    assert all(not c.exists() for c in calls)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    n_calls = len(calls)
+    again, fp = resolve_data(None)
+    assert len(calls) == n_calls and fp == results[0][1]
+    assert again["audio"].str.startswith(str(target)).all()
+
+
+def test_default_twin_cache_root_argument_and_corruption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ermgap_ray.data import synthetic
+
+    real = synthetic.make_corpus
+    monkeypatch.setattr(synthetic, "make_corpus", lambda out, seed=0: real(out, seed, size="small"))
+    df, _ = resolve_data(None, cache_root=tmp_path)
+    wav = Path(df["audio"].iloc[0])
+    wav.write_bytes(b"")
+    with pytest.raises(DataValidationError, match=r"empty \(0 bytes\).*delete .* to regenerate"):
+        resolve_data(None, cache_root=tmp_path)
+
+
+def test_resolve_meld_st_once_every_stratum_has_both_genders(meld_root: Path) -> None:
+    tone = np.zeros(4000, dtype=np.float32)
+    sf.write(meld_root / "ENG_JPN" / "JPN" / "test" / "test_1.wav", tone, SAMPLE_RATE)
+    df, fp = resolve_data(f"meld-st:{meld_root}")
+    assert len(df) == 18 and set(df["language"]) == {"en", "de", "ja"}
+    assert resolve_data(f"meld-st:{meld_root}")[1] == fp

@@ -1,0 +1,110 @@
+"""The trial recipe in one process: determinism, exact resume, zero-shot, NaN, accumulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ermgap_ray.config import TrialConfig
+from ermgap_ray.train import LocalSession, NonFiniteLossError, main, run_local, run_loop
+
+
+@pytest.fixture
+def cfg(small_corpus: Path) -> TrialConfig:
+    return TrialConfig(data=str(small_corpus), epochs=2, batch_size=8, bootstrap=50, lr=5e-3)
+
+
+def _adapter(path: str) -> dict[str, np.ndarray]:
+    return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+def test_trial_is_bitwise_deterministic_and_saves_artifacts(cfg, tmp_path):
+    first = run_local(cfg, tmp_path / "a", verbose=False)
+    second = run_local(cfg, tmp_path / "b", verbose=False)
+    metrics = {k: v for k, v in first.items() if k.startswith(("dev/", "test/", "train/"))}
+    assert metrics and all(second[k] == v for k, v in metrics.items())
+    assert first["epoch"] == 2 and first["is_final"] == 1
+    assert {"test/wf1", "test/max_gap_wf1", "test/wf1_lo", "test/wf1_hi"} <= set(first)
+    assert first["test/wf1_lo"] <= first["test/wf1"] <= first["test/wf1_hi"]
+    a, b = _adapter(first["adapter_path"]), _adapter(second["adapter_path"])
+    assert a.keys() == b.keys() and all(a[k].size and np.array_equal(a[k], b[k]) for k in a)
+    # LoRA B starts at zero; training must have moved it.
+    assert any(np.abs(v).sum() > 0 for k, v in a.items() if "lora_B" in k)
+    preds = np.load(first["predictions_path"], allow_pickle=False)
+    assert len(preds["y_pred"]) == len(preds["utt_id"]) == len(set(preds["utt_id"]))
+
+
+class _Interrupted(RuntimeError):
+    pass
+
+
+class _DiesAfterFirstEpoch(LocalSession):
+    """A real session whose process 'dies' right after the first checkpoint lands."""
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        raise _Interrupted
+
+
+def test_resume_continues_exactly(cfg, tmp_path):
+    cfg = cfg.replace(epochs=3)
+    uninterrupted = run_local(cfg, tmp_path / "straight", verbose=False)
+    with pytest.raises(_Interrupted):
+        run_loop(cfg, _DiesAfterFirstEpoch(tmp_path / "killed", keep=2), verbose=False)
+    state = json.loads((tmp_path / "killed/checkpoints/epoch_1/trainer_state.json").read_text())
+    assert state["epoch"] == 0
+    resumed = run_local(cfg, tmp_path / "killed", resume=True, verbose=False)
+    assert resumed["epoch"] == 3
+    for key in ("lambda", "dev/wf1", "dev/max_gap_wf1", "test/wf1", "train/loss"):
+        assert resumed[key] == uninterrupted[key], key
+
+
+def test_checkpoint_retention_keeps_last_k(cfg, tmp_path):
+    run_local(cfg.replace(epochs=3, keep_checkpoints=1), tmp_path, verbose=False)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_3"]
+
+
+def test_zero_shot_evaluates_once_without_training(cfg, tmp_path):
+    final = run_local(cfg.replace(epochs=0), tmp_path, verbose=False)
+    assert final["epoch"] == 0 and final["is_final"] == 1
+    assert "train/loss" not in final and 0.0 <= final["test/wf1"] <= 1.0
+    assert all(not v.any() for k, v in _adapter(final["adapter_path"]).items() if "lora_B" in k)
+
+
+def test_adaptive_lambda_follows_the_dev_gap(cfg, tmp_path):
+    cfg = cfg.replace(lambda_mode="adaptive", lam=0.5, eta=3.0, epsilon=0.0, lam_max=0.9)
+    final = run_local(cfg, tmp_path, verbose=False)
+    # λ_1 = clip(0.5 + 3·Δ_dev,0, 0, 0.9): a positive dev gap moves it up, and the clip holds.
+    assert 0.5 < final["lambda"] <= 0.9
+
+
+@pytest.mark.parametrize("engine", ["deepspeed", "torch"])
+def test_divergence_names_the_step_and_group_losses(cfg, tmp_path, engine):
+    with pytest.raises(NonFiniteLossError, match=r"NonFiniteLoss: epoch \d+ step \d+.*group"):
+        run_local(cfg.replace(lr=1e30, epochs=3), tmp_path, engine_kind=engine, verbose=False)
+
+
+def test_gradient_accumulation_and_every_objective_train(cfg, tmp_path):
+    for i, objective in enumerate(("erm", "meangap", "groupdro")):
+        final = run_local(
+            cfg.replace(objective=objective, grad_accum=2, batch_size=4, epochs=1),
+            tmp_path / str(i),
+            engine_kind="torch",
+            verbose=False,
+        )
+        assert np.isfinite(final["train/loss"]) and final["epoch"] == 1
+
+
+def test_cli_prints_one_json_line_and_rejects_bad_config(cfg, tmp_path, capsys):
+    args = ["--storage", str(tmp_path), "--name", "cli", "--set", f"data={cfg.data}"]
+    args += ["--set", "epochs=1", "--set", "batch_size=8", "--set", "bootstrap=20"]
+    assert main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["epoch"] == 1
+    assert main([*args, "--set", "p=3"]) == 2
+    assert "config field 'p'" in capsys.readouterr().err
+    assert main(args) == 2  # the run dir exists and --resume was not given
