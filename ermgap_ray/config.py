@@ -32,7 +32,7 @@ def _knob(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class TrialConfig:
-    """One ERM-MinMaxGAP fine-tuning run. `epochs=0` evaluates the untrained backbone (zero-shot)."""
+    """One ERM-MinMaxGAP fine-tuning run; `epochs=0` evaluates the untrained backbone."""
 
     objective: Literal["erm", "minmaxgap", "meangap", "groupdro"] = _knob(
         "minmaxgap",
