@@ -68,3 +68,60 @@ def load_operating_point(path: str | Path) -> tuple[Any, dict[str, Any]]:
             raise ValueError(f"{path}: operating point lacks field '{key}'")
     model = SERModel.from_adapter(record["backbone_dir"], record["adapter_path"]).eval()
     return model, record
+
+
+def choose_operating_point(
+    run_dir: str | Path,
+    max_gap: float = 2.0,
+    objective: str = "wf1",
+    gap_metric: str = "max_gap_wf1",
+    split: str = "dev",
+    reevaluate: bool = True,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Pick the best `objective` whose worst gap (upper CI end over seeds, in points) is
+    ≤ `max_gap`, re-evaluate the deployed seed's adapter on test, and write
+    `RUN_DIR/operating_point.json`. Returns (OperatingPoint, the written record or None)."""
+    import pandas as pd
+
+    from ermgap_ray.pareto import select_operating_point
+    from ermgap_ray.report import load_run
+
+    run_dir = Path(run_dir)
+    df, sweep = load_run(run_dir)
+    point = select_operating_point(
+        df, constraint=f"{gap_metric}<={max_gap / 100:g}", objective=objective, split=split
+    )
+    if not point.feasible:
+        return point, None
+    finals = df[df["trial_id"].isin(point.trial_ids) & df["is_final"]]
+    finals = finals[finals["adapter_path"].notna()] if "adapter_path" in finals else finals[:0]
+    if finals.empty:
+        raise ValueError(f"{run_dir}: the chosen configuration has no saved adapter")
+    # Deploy the seed that is best on the selection split; never peek at test to choose.
+    deployed = finals.sort_values([f"{split}/{objective}", "trial_id"], ascending=[False, True])
+    row = deployed.iloc[0]
+    known = set(TrialConfig.field_names())
+    cfg = TrialConfig.from_dict(
+        {k: (None if pd.isna(v) else v) for k, v in row.items() if k in known}
+    )
+    record: dict[str, Any] = {
+        "version": OPERATING_POINT_VERSION,
+        "run_dir": str(run_dir.resolve()),
+        "sweep": sweep.get("name"),
+        "selection": point.to_dict(),
+        "trial_id": str(row["trial_id"]),
+        "adapter_path": str(row["adapter_path"]),
+        "config": cfg.to_dict(),
+        "data_fingerprint": row.get("data_fingerprint"),
+        "dev": {k: float(v) for k, v in row.items() if str(k).startswith("dev/") and pd.notna(v)},
+        "test_reported": {
+            k: float(v) for k, v in row.items() if str(k).startswith("test/") and pd.notna(v)
+        },
+    }
+    from ermgap_ray.model import resolve_backbone
+
+    record["backbone_dir"] = str(resolve_backbone(cfg.backbone))
+    if reevaluate:
+        record["test"] = evaluate_adapter(row["adapter_path"], cfg, split="test")
+    write_json_atomic(record, run_dir / "operating_point.json")
+    return point, record
