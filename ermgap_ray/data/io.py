@@ -127,7 +127,7 @@ def resolve_data(
 ) -> tuple[pd.DataFrame, str]:
     """(validated records, fingerprint) for a `data` spec.
 
-    spec: None → the default synthetic twin under `<cache_root>/data/synthetic-v1-seed0/`
+    spec: None → the default synthetic twin under `<cache_root>/data/synthetic-<version>-seed0/`
     (generated into a temp folder and renamed, so no reader sees half a corpus);
     a folder holding manifest.csv, or a manifest .csv path; or `meld-st:ROOT`.
     """

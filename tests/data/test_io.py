@@ -10,6 +10,7 @@ import soundfile as sf
 from ermgap_ray.data import io
 from ermgap_ray.data.io import read_manifest, resolve_data, write_manifest
 from ermgap_ray.data.schema import COLUMNS, SAMPLE_RATE
+from ermgap_ray.data.synthetic import SYNTHETIC_VERSION
 from ermgap_ray.data.validate import DataValidationError
 
 
@@ -97,7 +98,7 @@ def test_default_twin_is_generated_once_and_atomically(
         t.start()
     for t in threads:
         t.join()
-    target = tmp_path / "cache" / "data" / "synthetic-v1-seed0"
+    target = tmp_path / "cache" / "data" / f"synthetic-{SYNTHETIC_VERSION}-seed0"
     assert (target / "manifest.csv").is_file()
     assert len(results) == 2 and results[0][1] == results[1][1]
     assert all(not c.exists() for c in calls)
