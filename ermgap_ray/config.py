@@ -43,10 +43,10 @@ class TrialConfig:
     lambda_mode: Literal["fixed", "adaptive"] = _knob(
         "adaptive", "fixed: lambda stays at `lam`; adaptive: projected dual ascent on the dev gap."
     )
-    lam: float = _knob(1.0, "Fixed lambda, or lambda_0 for the adaptive schedule. 0 = ERM.")
-    eta: float = _knob(2.0, "Dual step size of the adaptive schedule.")
-    epsilon: float = _knob(0.02, "Dev-gap tolerance of the adaptive schedule (fraction).")
-    lam_max: float = _knob(10.0, "Upper clip of the adaptive lambda.")
+    lam: float = _knob(0.5, "Fixed lambda, or lambda_0 for the adaptive schedule. 0 = ERM.")
+    eta: float = _knob(1.0, "Dual step size of the adaptive schedule.")
+    epsilon: float = _knob(0.05, "Dev-gap tolerance of the adaptive schedule (fraction).")
+    lam_max: float = _knob(2.0, "Upper clip of the adaptive lambda.")
     dev_gap_metric: str = _knob(
         "loss",
         "Dev gap that drives adaptive lambda: loss (max-language loss gap) or a metric gap "
