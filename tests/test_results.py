@@ -1,0 +1,160 @@
+"""trials.parquet rows, dedupe on resume, error summaries and sweep.json (no Ray cluster)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray.tune.experiment import Trial
+
+from ermgap_ray.config import ConfigError, TrialConfig
+from ermgap_ray.results import (
+    ROW_KEYS,
+    TRIALS_FILE,
+    ResultsWriter,
+    error_summary,
+    group_hash,
+    read_manifest,
+    read_trials,
+    split_trial_config,
+    write_manifest,
+)
+
+
+def _trial(trial_id: str, family: str = "erm", **values: object) -> Trial:
+    """A real (stub) Tune Trial: the object Tune hands its callbacks."""
+    return Trial("fn", config={"trial": {"family": family, **values}}, trial_id=trial_id, stub=True)
+
+
+def _result(epoch: int, wf1: float, final: bool = False, **extra: object) -> dict:
+    out = {"epoch": epoch, "dev/wf1": wf1, "dev/max_gap_wf1": 0.1, "lambda": 0.5}
+    out |= {"train/loss": 1.0, "time_total_s": 3.0, "config/trial": "ignored", **extra}
+    if final:
+        out |= {"is_final": 1, "test/wf1": wf1 - 0.01, "test/wf1_lo": 0.4, "test/wf1_hi": 0.6}
+    return out
+
+
+def test_group_hash_ignores_seed_only() -> None:
+    a, b = TrialConfig(seed=0), TrialConfig(seed=1)
+    assert a.config_hash() != b.config_hash()
+    assert group_hash(a) == group_hash(b)
+    assert group_hash(a) != group_hash(TrialConfig(seed=0, p=1))
+
+
+def test_split_trial_config_grid_and_flat() -> None:
+    family, cfg = split_trial_config({"trial": {"family": "fixed-p1", "p": 1, "lam": 0.3}})
+    assert (family, cfg.p, cfg.lam) == ("fixed-p1", 1, 0.3)
+    family, cfg = split_trial_config({"family": "search", "lr": 1e-3, "lora_r": 4})
+    assert (family, cfg.lr, cfg.lora_r) == ("search", 1e-3, 4)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        split_trial_config({"family": "x", "lamda": 1.0})
+
+
+def test_writer_rows_schema_status_and_resume_dedupe(tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path, static={"data_fingerprint": "fp1"})
+    t0, t1 = _trial("ab_00000", seed=0), _trial("ab_00001", seed=1)
+    writer.on_trial_start(0, [], t0)
+    writer.on_trial_start(0, [], t1)
+    writer.on_trial_result(0, [], t0, _result(1, 0.50))
+    writer.on_trial_result(0, [], t1, _result(1, 0.40))
+    df = read_trials(tmp_path)
+    assert len(df) == 2 and set(df["status"]) == {"RUNNING"}
+    writer.on_trial_result(0, [], t0, _result(2, 0.55, final=True))
+    writer.on_trial_result(0, [], t0, {**_result(2, 0.55, final=True), "adapter_path": "/a"})
+    writer.on_trial_complete(0, [], t0)
+
+    df = read_trials(tmp_path)
+    assert set(ROW_KEYS) <= set(df.columns)
+    assert set(TrialConfig.field_names()) <= set(df.columns)
+    assert "config/trial" not in df.columns
+    rows0 = df[df.trial_id == "ab_00000"].sort_values("epoch")
+    assert rows0["epoch"].tolist() == [1, 2]
+    assert rows0["status"].tolist() == ["TERMINATED", "TERMINATED"]
+    assert rows0["is_final"].tolist() == [False, True]
+    assert rows0["adapter_path"].tolist()[1] == "/a"
+    assert rows0["test/wf1"].tolist()[1] == pytest.approx(0.54)
+    assert df["trial_index"].tolist() == [0, 0, 1]
+    assert df["config_hash"].iloc[0] == TrialConfig(seed=0).config_hash()
+    assert df["group_hash"].nunique() == 1
+    assert set(df["data_fingerprint"]) == {"fp1"}
+
+    # A restored driver re-reports trial 1's epoch 1 and then finishes it: nothing duplicates.
+    resumed = ResultsWriter(tmp_path, static={"data_fingerprint": "fp1"})
+    resumed.on_trial_start(0, [], t1)
+    resumed.on_trial_result(0, [], t1, _result(1, 0.41))
+    resumed.on_trial_result(0, [], t1, _result(2, 0.45, final=True))
+    resumed.on_trial_complete(0, [], t1)
+    df = read_trials(tmp_path)
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    assert len(df) == 4
+    assert df.set_index(["trial_id", "epoch"]).loc[("ab_00001", 1), "dev/wf1"] == 0.41
+    assert df.groupby("trial_id")["trial_index"].first().to_dict() == {
+        "ab_00000": 0,
+        "ab_00001": 1,
+    }
+    assert not list(tmp_path.glob(f".{TRIALS_FILE}*")), "temp files must not be left behind"
+
+
+def test_writer_error_row_without_results(tmp_path: Path) -> None:
+    writer = ResultsWriter(tmp_path, index_offset=10)
+    trial = _trial("cd_00003", family="groupdro", objective="groupdro")
+    writer.on_trial_start(0, [], trial)
+    writer.on_trial_error(0, [], trial)
+    df = read_trials(tmp_path)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert (row.status, row.family, row.trial_index, bool(row.is_final)) == (
+        "ERROR",
+        "groupdro",
+        10,
+        False,
+    )
+    assert pd.isna(row.epoch) and isinstance(row.error, str)
+
+
+def test_error_summary_prefers_nonfinite_and_innermost_type() -> None:
+    tb = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 3, in f\n'
+        "ray.exceptions.RayTaskError(TrainingFailedError): ray::_Inner.train() (pid=1)\n"
+        "ray.train.TrainingFailedError: Training failed due to worker errors:\n"
+        "NonFiniteLossError: NonFiniteLoss: epoch 0 step 3: loss=nan, groups=[1.0, nan]\n"
+    )
+    assert error_summary(tb) == "NonFiniteLossError: NonFiniteLoss: epoch 0 step 3: loss=nan, " + (
+        "groups=[1.0, nan]"
+    )
+    tb2 = (
+        "Traceback (most recent call last):\n"
+        '  File "t.py", line 9, in fake\n'
+        "    raise RuntimeError('planted failure')\n"
+        "RuntimeError: planted failure\n"
+        "\nThe above exception was the direct cause of the following exception:\n\n"
+        "ray.exceptions.RayTaskError(RuntimeError): ray::ImplicitFunc.train() (pid=5)\n"
+    )
+    assert error_summary(tb2) == "RuntimeError: planted failure"
+    assert error_summary(None) == "unknown error"
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, {"name": "x", "seeds": 3}, status="running")
+    manifest = read_manifest(tmp_path)
+    assert json.loads(path.read_text()) == manifest
+    assert manifest["config"] == {"name": "x", "seeds": 3}
+    assert set(manifest["versions"]) == {
+        "python",
+        "torch",
+        "ray",
+        "deepspeed",
+        "transformers",
+        "peft",
+        "optuna",
+    }
+    assert manifest["versions"]["ray"].startswith("2.60")
+    assert manifest["git_commit"] is None or len(manifest["git_commit"]) == 40
+    assert manifest["status"] == "running"
+
+
+def test_read_trials_missing_dir_has_schema(tmp_path: Path) -> None:
+    assert list(read_trials(tmp_path / "nope").columns) == list(ROW_KEYS)

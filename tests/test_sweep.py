@@ -1,0 +1,342 @@
+"""Sweeps on real Ray Tune: presets, grid, Optuna search, failures, SIGKILL + resume, 2 nodes.
+
+Most tests use `fake_trial`, a real Tune function trainable that reports deterministic metrics,
+so the Tune machinery is tested in seconds; the slow tests run the real Ray Train trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+from ray import cloudpickle, tune
+
+from ermgap_ray.cluster import connect
+from ermgap_ray.config import ConfigError, TrialConfig
+from ermgap_ray.results import read_manifest, read_trials, split_trial_config
+from ermgap_ray.sweep import (
+    PAPER_FAMILIES,
+    SEARCH_SPACE,
+    SearchSpace,
+    SweepConfig,
+    grid_trials,
+    load_sweep_config,
+    run_sweep,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def fake_trial(config: dict) -> None:
+    """Deterministic metrics from the config; family fixed-p2 with seed 1 raises."""
+    family, cfg = split_trial_config(config)
+    if family == "fixed-p2" and cfg.seed == 1:
+        raise RuntimeError("planted failure in fixed-p2 seed 1")
+    base = 0.5 + 0.01 * cfg.seed + 0.02 * cfg.p - 0.01 * cfg.lam
+    epochs = max(cfg.epochs, 1)
+    for epoch in range(1, epochs + 1):
+        time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0.05")))
+        metrics = {
+            "epoch": epoch if cfg.epochs else 0,
+            "lambda": cfg.lam,
+            "train/loss": 1.0 / epoch,
+            "dev/wf1": base + 0.01 * epoch,
+            "dev/max_gap_wf1": 0.2 / (1.0 + cfg.lam) / epoch,
+        }
+        if epoch == epochs:
+            metrics |= {"is_final": 1, "test/wf1": base, "test/max_gap_wf1": 0.1}
+        tune.report(metrics)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    os.environ["FAKE_EPOCH_S"] = "0.05"
+    info = connect("local", num_cpus=2)
+    yield info
+    ray.shutdown()
+
+
+def _cfg(tmp_path: Path, name: str, **kw: object) -> SweepConfig:
+    return load_sweep_config("smoke", {"storage": str(tmp_path), "name": name, **kw})
+
+
+# ---------------------------------------------------------------------------- no Ray needed
+
+
+def test_paper_preset_is_the_full_ablation() -> None:
+    cfg = load_sweep_config("paper")
+    trials = grid_trials(cfg)
+    assert len(trials) == len(PAPER_FAMILIES) * 2 * 3 == 48
+    by_family = {t["family"]: t for t in trials if t["seed"] == 0 and t["modality"] == "audio"}
+    assert by_family["zero-shot"]["epochs"] == 0
+    assert by_family["erm"]["objective"] == "erm" and by_family["erm"]["lam"] == 0.0
+    assert (
+        by_family["adaptive-p1"]["lambda_mode"] == "adaptive" and by_family["adaptive-p1"]["p"] == 1
+    )
+    assert by_family["meangap"]["objective"] == "meangap"
+    hashes = {
+        TrialConfig.from_dict({k: v for k, v in t.items() if k != "family"}).config_hash()
+        for t in trials
+        if t["family"] != "zero-shot"
+    }
+    assert len(hashes) == 42, "every trained trial is a distinct configuration"
+
+
+def test_overrides_flags_and_sets() -> None:
+    cfg = load_sweep_config(
+        "paper", {"seeds": 1, "modalities": None, "objectives": ["dev/wf1:max"]}, ["epochs=2"]
+    )
+    assert cfg.seeds == 1 and cfg.modalities == ["audio", "audio+text"]
+    trials = grid_trials(cfg)
+    assert {t["epochs"] for t in trials} == {0, 2}, "zero-shot keeps epochs=0 over --set"
+    with pytest.raises(ConfigError, match="lamda"):
+        load_sweep_config("paper", None, ["lamda=1"])
+    with pytest.raises(ConfigError, match="metric:max"):
+        load_sweep_config("paper", {"objectives": ["dev/wf1:up"]})
+    with pytest.raises(ConfigError, match="presets: paper, search, smoke"):
+        load_sweep_config("nope")
+
+
+def test_search_space_is_conditional_and_valid() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    space = SearchSpace({"epochs": 1}, ["audio"])
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        constants = space(trial)
+        values = {**trial.params, **constants}
+        family, cfg = split_trial_config(values)
+        assert family == "search" and cfg.epochs == 1
+        seen.add(cfg.lambda_mode)
+        if cfg.lambda_mode == "fixed":
+            assert "eta" not in trial.params and "lam_max" not in trial.params
+            lo, hi = SEARCH_SPACE["fixed"]["lam"][1:]
+        else:
+            assert {"eta", "epsilon", "lam_max", "lam"} <= set(trial.params)
+            lo, hi = SEARCH_SPACE["adaptive"]["lam"][1:]
+        assert lo <= cfg.lam <= hi and cfg.lora_r in (4, 8, 16)
+        study.tell(trial, [0.5, 0.1])
+    assert seen == {"fixed", "adaptive"}
+    fixed = SearchSpace({"lr": 1e-3, "lambda_mode": "fixed"}, ["audio"])
+    trial = study.ask()
+    fixed(trial)
+    assert "lr" not in trial.params and "lambda_mode" not in trial.params
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
+    cli = [sys.executable, str(REPO / "sweeps" / "ablation.py"), "--storage", str(tmp_path)]
+    done = subprocess.run(cli + ["--set", "p=3"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: config field 'p': must be 1 or 2 (got 3)"]
+    t0 = time.monotonic()
+    done = subprocess.run(
+        cli + ["--cluster", "127.0.0.1:9"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "no Ray cluster reachable at 127.0.0.1:9" in done.stderr
+    assert "Traceback" not in done.stderr and time.monotonic() - t0 < 30
+    assert "smoke" in subprocess.run(cli + ["--help"], capture_output=True, text=True).stdout
+
+
+# ---------------------------------------------------------------------------- real Tune
+
+
+def test_grid_sweep_writes_results_and_survives_a_failed_trial(cluster, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "g", kind="grid", seeds=2, families=["zero-shot", "erm", "fixed-p2"])
+    cfg.max_failures = 0
+    result = run_sweep(cfg, trainable=fake_trial, progress_interval_s=1)
+    assert (result.n_terminated, result.n_error) == (5, 1)
+
+    df = read_trials(result.run_dir)
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    final = df[df.is_final]
+    assert len(final) == 5 and set(final.status) == {"TERMINATED"}
+    err = df[df.status == "ERROR"]
+    assert err.trial_id.nunique() == 1
+    assert err.error.iloc[0] == "RuntimeError: planted failure in fixed-p2 seed 1"
+    assert (err.family.iloc[0], err.seed.iloc[0]) == ("fixed-p2", 1)
+    erm = final[(final.family == "erm") & (final.seed == 1)].iloc[0]
+    cfg_erm = TrialConfig.from_dict({**cfg.trial, **PAPER_FAMILIES["erm"], "seed": 1})
+    assert erm.config_hash == cfg_erm.config_hash()
+    assert erm["dev/wf1"] == pytest.approx(0.5 + 0.01 + 0.04 + 0.01)
+    assert final.groupby("family").group_hash.nunique().to_dict() == {
+        "erm": 1,
+        "fixed-p2": 1,
+        "zero-shot": 1,
+    }
+    assert sorted(df.groupby("trial_id").trial_index.first()) == list(range(6))
+
+    manifest = read_manifest(result.run_dir)
+    assert manifest["config"]["families"] == ["zero-shot", "erm", "fixed-p2"]
+    assert manifest["status"] == "finished" and manifest["trials"] == {"terminated": 5, "error": 1}
+    summary = result.summary.set_index("family")
+    assert summary.loc["erm", "n"] == 2
+    assert summary.loc["erm", "dev/wf1_mean"] == pytest.approx((0.55 + 0.56) / 2)
+
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sweep(_cfg(tmp_path, "g", kind="grid"), trainable=fake_trial)
+
+
+def test_search_sweep_writes_an_optuna_study(cluster, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "s", kind="search", num_samples=4, sampler="tpe")
+    result = run_sweep(cfg, trainable=fake_trial, progress_interval_s=1)
+    assert result.n_terminated == 4
+    url = f"sqlite:///{result.run_dir / 'optuna.db'}"
+    study = optuna.load_study(study_name="s", storage=url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    final = read_trials(result.run_dir).query("is_final")
+    assert sorted(round(t.values[0], 9) for t in complete) == sorted(
+        round(v, 9) for v in final["dev/wf1"]
+    )
+    assert set(final.family) == {"search"} and set(final.epochs) == {1}
+
+
+def _wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_resume_after_driver_sigkill(cluster, tmp_path: Path) -> None:
+    """A driver killed mid-search resumes: every trial once, no duplicate rows or studies."""
+    script = f"""
+import sys
+from ray import cloudpickle
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_sweep
+cloudpickle.register_pickle_by_value(test_sweep)
+from ermgap_ray.sweep import load_sweep_config, run_sweep
+cfg = load_sweep_config("smoke", {{"storage": {str(tmp_path)!r}, "name": "r", "kind": "search",
+    "num_samples": 6, "max_concurrent": 2, "cluster": {cluster.address!r}}}, ["epochs=4"])
+run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
+"""
+    env = {**os.environ, "FAKE_EPOCH_S": "0.7"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    run_dir = tmp_path / "r"
+
+    def two_done() -> bool:
+        df = read_trials(run_dir)
+        return df[df.status == "TERMINATED"].trial_id.nunique() >= 2
+
+    try:
+        _wait_for(two_done, timeout=120)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = read_trials(run_dir)
+    assert before[before.status == "TERMINATED"].trial_id.nunique() < 6
+
+    cfg = _cfg(tmp_path, "r", resume=True, cluster=cluster.address)
+    result = run_sweep(cfg, trainable=fake_trial, progress_interval_s=1)
+    df = read_trials(run_dir)
+    assert not df.duplicated(["trial_id", "epoch"]).any()
+    final = df[df.is_final]
+    assert len(final) == 6 and final.trial_id.nunique() == 6 and set(final.status) == {"TERMINATED"}
+    assert set(final.epoch) == {4}
+    done_before = set(before[before.status == "TERMINATED"].trial_id)
+    assert done_before <= set(final.trial_id)
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 6 and "RUNNING" not in states
+    assert result.n_terminated == 6
+    assert json.loads((run_dir / "sweep.json").read_text())["status"] == "finished"
+
+
+# ---------------------------------------------------------------------------- real trainer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_nodes() -> set[str]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000, detail=True)
+    return {a.node_id for a in actors}
+
+
+@pytest.mark.slow
+def test_smoke_preset_on_two_nodes(tmp_path: Path) -> None:
+    """The real Ray Train trial on a 2-node cluster (1 CPU each): trials land on both nodes."""
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": _free_port(),
+        },
+    )
+    nodes.add_node(num_cpus=1)
+    try:
+        cfg = load_sweep_config(
+            "smoke",
+            {
+                "storage": str(tmp_path),
+                "name": "mn",
+                "cluster": nodes.address,
+                "kind": "grid",
+                "families": ["zero-shot", "erm"],
+            },
+        )
+        result = run_sweep(cfg, progress_interval_s=5)
+        assert result.n_terminated == 2 and result.n_error == 0
+        final = result.trials[result.trials.is_final]
+        assert set(final.epoch) == {0, 1}
+        assert all(Path(p).is_file() for p in final.predictions_path)
+        assert final["test/wf1"].between(0.0, 1.0).all()
+        assert final["test/wf1_lo"].le(final["test/wf1"]).all()
+        assert len(_worker_nodes()) == 2
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.mark.slow
+def test_diverging_trial_is_an_error_row_and_not_retried(tmp_path: Path) -> None:
+    """A real trial whose λ overflows float32 hits NonFiniteLoss: ERROR row, the sweep
+    completes, and Tune's retry stops at the marker instead of training again."""
+    if ray.is_initialized():
+        ray.shutdown()
+    cfg = load_sweep_config(
+        "smoke",
+        {
+            "storage": str(tmp_path),
+            "name": "nan",
+            "kind": "grid",
+            "families": ["fixed-p2"],
+            "cluster": "local",
+            "max_failures": 1,
+        },
+        ["lam=1e300"],
+    )
+    try:
+        result = run_sweep(cfg, progress_interval_s=5)
+    finally:
+        ray.shutdown()
+    assert (result.n_terminated, result.n_error) == (0, 1)
+    row = result.trials.iloc[0]
+    assert row.status == "ERROR" and row.error.startswith("NonFiniteLossError: NonFiniteLoss:")
+    (marker,) = (result.run_dir / "grid").glob("*/NONFINITE_LOSS.txt")
+    error_txt = (marker.parent / "error.txt").read_text()
+    assert "NonFiniteTrialError" in error_txt
