@@ -3,8 +3,8 @@
 Every trial is the default config (default tiny backbone, default synthetic twin, encoder cache)
 with `epochs` changed only where named. Timed, in this order:
 
-* the same configs in this process through `run_loop(engine_kind="torch")` (what `run_local`
-  runs): a plain torch optimizer, no Ray, no DeepSpeed, 1 torch thread like a worker;
+* the same configs through `run_loop(engine_kind="torch")` (what `run_local` runs) in a child
+  process: a plain torch optimizer, no Ray, no DeepSpeed, 1 torch thread like a worker;
 * `ray.init(num_cpus=2, include_dashboard=False)`, then one untimed 1-epoch warm-up fit;
 * `build_trainer(cfg, workers=1|2).fit()` for a short trial (`--epochs`, default 2), and the
   default trial (6 epochs) on 1 worker.
@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,6 @@ import torch
 from ermgap_ray.config import TrialConfig
 from ermgap_ray.train import (
     LocalSession,
-    TrialInputs,
     build_trainer,
     final_metrics,
     prepare_trial_inputs,
@@ -61,12 +62,20 @@ NOTE = (
 )
 
 
-def _local(cfg: TrialConfig, inputs: TrialInputs, root: Path) -> dict[str, Any]:
-    """The loop in this process on plain torch (no Ray, no DeepSpeed): total and epoch times."""
-    session = LocalSession(root / f"local-e{cfg.epochs}", cfg.keep_checkpoints)
-    final = run_loop(cfg, session, engine_kind="torch", verbose=False, inputs=inputs)
-    epochs = [float(m["time_epoch_s"]) for m in session.reports]
-    return {"total_s": float(final["time_total_s"]), "epoch_s": epochs}
+def _local(configs: dict[str, TrialConfig], root: str) -> dict[str, dict[str, Any]]:
+    """The loop on plain torch (no Ray, no DeepSpeed, 1 thread like a worker): total and epoch
+    times per config. Run in a child in its own session: Linux autogroup shares CPU between
+    sessions, and Ray's processes have their own, so on a loaded machine this is a fair match."""
+    torch.set_num_threads(1)
+    inputs = prepare_trial_inputs(next(iter(configs.values())), progress=False)
+    out = {}
+    for key, cfg in configs.items():
+        session = LocalSession(Path(root) / f"local-{key}", cfg.keep_checkpoints)
+        final = run_loop(cfg, session, engine_kind="torch", verbose=False, inputs=inputs)
+        epochs = [float(m["time_epoch_s"]) for m in session.reports]
+        out[key] = {"total_s": float(final["time_total_s"]), "epoch_s": epochs}
+        print(f"local torch {key}: {out[key]['total_s']:.1f}s", file=sys.stderr, flush=True)
+    return out
 
 
 def _epoch_log(path: Path) -> Any:
@@ -142,10 +151,11 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ermgap-scaling-") as tmp:
         root = Path(tmp)
-        inputs = prepare_trial_inputs(default)
-        local = {"short": _local(short, inputs, root)}
-        if not args.no_default:
-            local["default"] = _local(default, inputs, root)
+        prepare_trial_inputs(default)
+        configs = {"short": short} | ({} if args.no_default else {"default": default})
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=spawn, initializer=os.setsid) as pool:
+            local = pool.submit(_local, configs, tmp).result()
 
         import ray
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -145,6 +146,19 @@ class TrialConfig:
         """Identity of a run: a rerun of the same config finds its old result (DomainBed)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$")
+
+
+def safe_run_name(name: str) -> str:
+    """A run name is one plain path component, so nothing is written outside the storage dir."""
+    if not _RUN_NAME.match(name or ""):
+        raise ConfigError(
+            f"run name {name!r}: use 1-200 letters, digits and ._+=- , starting with a letter or "
+            "digit (a single folder name under the storage dir)"
+        )
+    return name
 
 
 _NUMERIC = {"int": int, "float": float}

@@ -22,7 +22,13 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from ermgap_ray.config import ConfigError, TrialConfig, parse_overrides, read_yaml
+from ermgap_ray.config import (
+    ConfigError,
+    TrialConfig,
+    parse_overrides,
+    read_yaml,
+    safe_run_name,
+)
 from ermgap_ray.data.schema import MODALITIES
 from ermgap_ray.results import (
     MANIFEST_FILE,
@@ -134,6 +140,7 @@ class SweepConfig:
                 raise ConfigError(f"sweep field '{name}': must be >= 1")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ConfigError("sweep field 'max_concurrent': must be >= 1")
+        safe_run_name(self.run_name)
         if self.max_failures < 0:
             raise ConfigError("sweep field 'max_failures': must be >= 0")
         self.parsed_objectives()

@@ -31,7 +31,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ermgap_ray.config import ConfigError, TrialConfig, help_lines, load_trial_config
+from ermgap_ray.config import (
+    ConfigError,
+    TrialConfig,
+    help_lines,
+    load_trial_config,
+    safe_run_name,
+)
 from ermgap_ray.data.schema import GENDERS, LANGUAGES, MODALITIES, SPLITS, stratum_index
 from ermgap_ray.global_batch import GlobalBatch
 from ermgap_ray.metrics import bootstrap_ci, ser_report
@@ -51,6 +57,10 @@ HEADLINE_CI = ("wf1", "acc", "max_gap_wf1", "max_gap_avg", "max_gap_acc", "max_g
 
 class NonFiniteLossError(FloatingPointError):
     """Raised with the step and the group losses so a diverged trial explains itself."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is untouched."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +128,11 @@ class LocalSession:
         dest = self.ckpt_root / f"epoch_{metrics['epoch']}"
         staging = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, staging)
+        try:
+            shutil.copytree(checkpoint_dir, staging)
+        except OSError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise _checkpoint_error(metrics["epoch"], dest, err) from None
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(staging, dest)
         self.last_checkpoint = dest
@@ -146,6 +160,15 @@ class RaySession:
 
         ckpt = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         self._train.report(metrics, checkpoint=ckpt)
+
+
+def _checkpoint_error(epoch: int, dest: Any, err: OSError) -> CheckpointWriteError:
+    reason = err.strerror or str(err)
+    return CheckpointWriteError(
+        err.errno,
+        f"could not write the checkpoint of epoch {epoch} to {dest}: {reason}; free space or "
+        "lower keep_checkpoints, then --resume (the previous checkpoint is intact)",
+    )
 
 
 @contextmanager
@@ -494,12 +517,15 @@ def run_loop(
         is_final = epoch + 1 >= cfg.epochs
         with tempfile.TemporaryDirectory(prefix="ermgap-ckpt-") as tmp:
             ckpt_dir = Path(tmp)
-            if engine is not None:
-                _save(engine, ckpt_dir, engine_kind, rank, epoch, schedule, objective)
-            if is_final:
-                test = predict(forward, datasets["test"], collate_ser, device, rank, world)
-                metrics |= _test_metrics(test, frames["test"], cfg)
-                _save_artifacts(model, test, frames["test"], ckpt_dir, rank, cfg)
+            try:
+                if engine is not None:
+                    _save(engine, ckpt_dir, engine_kind, rank, epoch, schedule, objective)
+                if is_final:
+                    test = predict(forward, datasets["test"], collate_ser, device, rank, world)
+                    metrics |= _test_metrics(test, frames["test"], cfg)
+                    _save_artifacts(model, test, frames["test"], ckpt_dir, rank, cfg)
+            except OSError as err:
+                raise _checkpoint_error(metrics["epoch"], ckpt_dir, err) from None
                 metrics["is_final"] = 1
                 metrics["time_total_s"] = time.perf_counter() - started
             metrics["time_epoch_s"] = time.perf_counter() - t0
@@ -763,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.set) + ([f"zero_stage={args.zero}"] if args.zero else [])
         cfg = load_trial_config(args.config, overrides)
-        name = args.name or f"trial-{cfg.config_hash()}"
+        name = safe_run_name(args.name or f"trial-{cfg.config_hash()}")
         storage = Path(args.storage).resolve()
         inputs = prepare_trial_inputs(cfg)
         on_ray = args.workers > 1 or args.gpus_per_worker > 0 or args.cluster is not None
@@ -805,7 +831,12 @@ def _is_user_error(err: Exception) -> bool:
     from ermgap_ray.data.validate import DataValidationError
     from ermgap_ray.model import BackboneError
 
-    user_errors: tuple[type[Exception], ...] = (ConfigError, DataValidationError, BackboneError)
+    user_errors: tuple[type[Exception], ...] = (
+        ConfigError,
+        DataValidationError,
+        BackboneError,
+        CheckpointWriteError,
+    )
     try:
         from ermgap_ray.cluster import ClusterError
 

@@ -307,9 +307,27 @@ def test_smoke_preset_on_two_nodes(tmp_path: Path) -> None:
         assert final["test/wf1"].between(0.0, 1.0).all()
         assert final["test/wf1_lo"].le(final["test/wf1"]).all()
         assert len(_worker_nodes()) == 2
+        _check_analysis_of(result.run_dir)
     finally:
         ray.shutdown()
         nodes.shutdown()
+
+
+def _check_analysis_of(run_dir: Path) -> None:
+    """The figure, the table and the operating point, from a real smoke run directory."""
+    from ermgap_ray.deploy import choose_operating_point, load_operating_point
+
+    assert (run_dir / "figures" / "pareto.png").stat().st_size > 10_000
+    assert (run_dir / "tables" / "ablation.md").read_text().count("|") > 20
+    strict, record = choose_operating_point(run_dir, max_gap=0.0)
+    assert not strict.feasible and record is None and "closest" in strict.reason
+    point, record = choose_operating_point(run_dir, max_gap=100.0)
+    assert point.feasible and record["trial_id"] in point.trial_ids
+    assert 0.0 <= record["test"]["test/wf1_lo"] <= record["test"]["test/wf1"]
+    # The re-evaluated adapter reproduces the test numbers the trial reported.
+    assert record["test"]["test/wf1"] == pytest.approx(record["test_reported"]["test/wf1"])
+    model, loaded = load_operating_point(run_dir / "operating_point.json")
+    assert loaded["adapter_path"] == record["adapter_path"] and not model.training
 
 
 @pytest.mark.slow
