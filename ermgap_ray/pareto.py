@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ermgap_ray.config import TrialConfig
 from ermgap_ray.metrics import mean_ci
 
 if TYPE_CHECKING:
@@ -290,22 +291,6 @@ class OperatingPoint:
         return clean(asdict(self))
 
 
-_IDENTITY = {
-    "trial_id",
-    "config_hash",
-    "group_hash",
-    "status",
-    "error",
-    "epoch",
-    "is_final",
-    "time_total_s",
-    "trial_index",
-    "adapter_path",
-    "predictions_path",
-    "seed",
-}
-
-
 def select_operating_point(
     df: pd.DataFrame,
     constraint: str = "max_gap_wf1<=0.02",
@@ -363,8 +348,7 @@ def select_operating_point(
         return base
     best = ranked.iloc[0]
     chosen = rows[rows["group_hash"] == best["group_hash"]].sort_values("trial_id")
-    config_cols = [c for c in chosen.columns if "/" not in c and c not in _IDENTITY]
-    config_cols = [c for c in config_cols if c not in ("lambda", "family")]
+    config_cols = [c for c in TrialConfig.field_names() if c in chosen.columns and c != "seed"]
     paths = chosen["adapter_path"].dropna() if "adapter_path" in chosen.columns else []
     return OperatingPoint(
         feasible=True,

@@ -524,10 +524,10 @@ def run_loop(
                     test = predict(forward, datasets["test"], collate_ser, device, rank, world)
                     metrics |= _test_metrics(test, frames["test"], cfg)
                     _save_artifacts(model, test, frames["test"], ckpt_dir, rank, cfg)
+                    metrics["is_final"] = 1
+                    metrics["time_total_s"] = time.perf_counter() - started
             except OSError as err:
                 raise _checkpoint_error(metrics["epoch"], ckpt_dir, err) from None
-                metrics["is_final"] = 1
-                metrics["time_total_s"] = time.perf_counter() - started
             metrics["time_epoch_s"] = time.perf_counter() - t0
             log.epoch(metrics)
             has_files = engine_kind == "deepspeed" and engine is not None or is_final

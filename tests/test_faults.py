@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,19 +70,27 @@ def _ray_processes() -> set[int]:
 @pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_cleanly_without_orphans(tmp_path):
     before = _ray_processes()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "sweeps/ablation.py", "--preset", "smoke", "--cluster", "local"]
     cmd += ["--storage", str(tmp_path), "--name", "sigint", "--set", "epochs=3"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     deadline = time.time() + 240
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "RUNNING" in line or time.time() > deadline:
+    while time.time() < deadline and proc.poll() is None:
+        if any("RUNNING" in line for line in list(lines)):
             break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before a trial ran:\n" + "".join(lines)
+    time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(lines) + out
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(lines)
+    assert proc.returncode == 130, out[-3000:]
     assert "--resume" in out
     time.sleep(3)
     orphans = [

@@ -60,3 +60,14 @@ def test_from_pretrained_never_downloads():
 def test_local_ray_dashboard_is_bound_to_loopback():
     text = (ROOT / "ermgap_ray" / "cluster.py").read_text()
     assert 'dashboard_host="127.0.0.1"' in text
+
+
+def test_secrets_in_the_environment_never_reach_the_manifest(tmp_path, monkeypatch):
+    from ermgap_ray.results import write_manifest
+
+    secrets = {"HF_TOKEN": "hf_s3cr3t", "RAY_AUTH_TOKEN": "tok_s3cr3t", "AWS_SECRET_KEY": "x"}
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    text = write_manifest(tmp_path, {"name": "x"}, cluster={"address": "127.0.0.1:6379"})
+    written = text.read_text()
+    assert "s3cr3t" not in written and "AWS_SECRET" not in written
