@@ -547,7 +547,10 @@ def run_sweep(
         progress = ProgressTable(concurrency, progress_interval_s, title=phase, total=total)
         tuner = _tuner(cfg, phase, trainable, [writer, progress], concurrency)
         grid = tuner.fit()
-        if len(grid) > grid.num_terminated + grid.num_errors:
+        # Ctrl-C makes Tune stop its trials and return normally, with the stopped trials not
+        # errored: a trial that ended without its final report means the sweep was cut short.
+        unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("is_final")]
+        if unfinished or len(grid) > grid.num_terminated + grid.num_errors:
             write_manifest(run_dir, cfg.to_dict(), status="interrupted", **static)
             raise SweepInterrupted(
                 f"sweep interrupted in phase {phase!r}; continue it with --resume "
