@@ -479,7 +479,7 @@ def run_loop(
         if checkpoint is not None:
             start_epoch = _restore(engine, checkpoint, schedule, objective, engine_kind)
             log.line(f"resumed after epoch {start_epoch - 1} (lambda={schedule.value:.4g})")
-    forward = engine if engine is not None else _eval_forward(model.to(device))
+    forward = engine if engine is not None else _EvalForward(model.to(device))
 
     sampler = GroupStratifiedBatchSampler(
         _group_ids(frames["train"]),
@@ -544,7 +544,7 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-class _eval_forward:
+class _EvalForward:
     """Forward for zero-shot runs, which never build an engine."""
 
     def __init__(self, module: torch.nn.Module) -> None:
