@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             final = _run_on_ray(cfg, args, name, storage)
     except Exception as err:  # noqa: BLE001 - one line for users, the traceback with --debug
-        if args.debug or not _is_user_error(err):
+        if args.debug or not isinstance(err, user_errors()):
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -827,23 +827,19 @@ def _run_on_ray(cfg: TrialConfig, args: argparse.Namespace, name: str, storage: 
     return final_metrics(trainer.fit())
 
 
-def _is_user_error(err: Exception) -> bool:
+def user_errors() -> tuple[type[Exception], ...]:
+    """Bad input the CLIs report as one line (exit 2), not as a traceback."""
+    from ermgap_ray.cluster import ClusterError
     from ermgap_ray.data.validate import DataValidationError
     from ermgap_ray.model import BackboneError
 
-    user_errors: tuple[type[Exception], ...] = (
+    return (
         ConfigError,
         DataValidationError,
         BackboneError,
+        ClusterError,
         CheckpointWriteError,
     )
-    try:
-        from ermgap_ray.cluster import ClusterError
-
-        user_errors += (ClusterError,)
-    except ImportError:
-        pass
-    return isinstance(err, user_errors)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ermgap_ray.config import ConfigError, help_lines
+from ermgap_ray.config import help_lines
+from ermgap_ray.train import user_errors
 
 PRESETS = """presets (sweeps/<name>.yaml; flags below override them):
   paper   the paper's ablation grid: zero-shot, ERM, fixed lambda x p in {1,2}, adaptive
@@ -58,25 +59,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from ermgap_ray.cluster import ClusterError
-
-    errors: tuple[type[Exception], ...] = (ConfigError, ClusterError)
-    try:
-        from ermgap_ray.data.validate import DataValidationError
-
-        errors += (DataValidationError,)
-    except ImportError:
-        pass
-    try:
-        from ermgap_ray.model import BackboneError
-
-        errors += (BackboneError,)
-    except ImportError:
-        pass
-    return errors
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ermgap_ray.sweep import load_sweep_config, run_sweep
@@ -99,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as err:
+    except user_errors() as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
