@@ -22,6 +22,10 @@ RAY_ENV: dict[str, str] = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
 }
+# Only for a head this process starts: one machine is never drained, so Train's preemption
+# watcher (one extra actor process per trial, ~1.3 CPU-s) has nothing to watch. On a joined
+# cluster (spot nodes, autoscaling) Ray's default stays.
+LOCAL_HEAD_ENV: dict[str, str] = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 class ClusterError(RuntimeError):
@@ -93,19 +97,19 @@ def _local_head_address() -> str | None:
     return address
 
 
-def _prepare_env() -> None:
+def _prepare_env(defaults: dict[str, str]) -> None:
     """Set the Ray env knobs before `ray.init` so the raylet and every worker inherit them.
 
     RAY_AUTH_MODE is left to the user: Ray 2.60 starts local heads with token auth, and a
     joining driver must match the cluster's mode (RAY_NOTES.md), which only the user knows;
     a mismatch is turned into a ClusterError that says what to set.
     """
-    for key, value in RAY_ENV.items():
+    for key, value in defaults.items():
         os.environ.setdefault(key, value)
 
 
-def _init(**kwargs: object) -> str | None:
-    env_vars = {k: os.environ[k] for k in RAY_ENV}
+def _init(env_keys: tuple[str, ...], **kwargs: object) -> str | None:
+    env_vars = {k: os.environ[k] for k in env_keys}
     try:
         context = ray.init(
             runtime_env={"env_vars": env_vars},
@@ -127,8 +131,10 @@ def _init(**kwargs: object) -> str | None:
 
 
 def _start_local(num_cpus: int | None, dashboard: bool, log_to_driver: bool) -> str | None:
-    _prepare_env()
+    env = RAY_ENV | LOCAL_HEAD_ENV
+    _prepare_env(env)
     return _init(
+        tuple(env),
         address="local",
         num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
         include_dashboard=dashboard,
@@ -145,9 +151,9 @@ class _Ping:
 
 def _join(address: str, log_to_driver: bool) -> str | None:
     probe(address)
-    _prepare_env()
+    _prepare_env(RAY_ENV)
     try:
-        return _init(address=address, log_to_driver=log_to_driver)
+        return _init(tuple(RAY_ENV), address=address, log_to_driver=log_to_driver)
     except ConnectionError as err:
         raise ClusterError(f"could not join the Ray cluster at {address}: {err}") from None
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from ermgap_ray.data.schema import EMOTIONS, GENDERS, LANGUAGES
 
@@ -239,5 +238,7 @@ def mean_ci(values: Sequence[float], ci: float = 0.95) -> tuple[float, float, fl
     mean = float(v.mean())
     if v.size == 1:
         return (mean, mean, mean)
+    from scipy import stats  # lazily: 0.6 s of import in every Ray worker otherwise
+
     half = float(stats.t.ppf((1 + ci) / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
     return (mean, mean - half, mean + half)

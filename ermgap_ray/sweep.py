@@ -310,6 +310,10 @@ def make_trainable(
 ) -> Callable[[dict[str, Any]], None]:
     """The Tune function trainable that runs one trial as a Ray Train `TorchTrainer`.
 
+    A zero-shot trial (epochs=0) only evaluates the backbone, so it runs here, in the trainable,
+    on one worker's resources (`trial_resources`): a Train worker group would only add ~10 s of
+    actor start-up to ~1 s of evaluation.
+
     The train run is named by the Tune trial id under RUN_DIR/train: unique per trial (a new
     sweep never resumes an old run by accident), yet a Tune retry or `--resume` of the same
     trial reopens it and Train continues from its last checkpoint. NonFiniteLoss leaves a
@@ -323,10 +327,16 @@ def make_trainable(
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from ermgap_ray.train import build_trainer, final_metrics
+        from ermgap_ray.train import build_trainer, final_metrics, run_local
 
         _, cfg = split_trial_config(config)
         ctx = tune.get_context()
+        if cfg.epochs == 0:
+            final = run_local(
+                cfg, Path(train_root) / ctx.get_trial_id(), engine_kind="torch", verbose=False
+            )
+            tune.report(final)
+            return
         marker = Path(ctx.get_trial_dir()) / NONFINITE_MARKER
         if marker.is_file():
             raise NonFiniteTrialError(marker.read_text())
@@ -353,6 +363,21 @@ def make_trainable(
             tune.report(final)
 
     return ermgap_trial
+
+
+def trial_resources(gpus_per_worker: float) -> Callable[[dict[str, Any]], Any]:
+    """Tune resources per trial config. A training trainable asks for no CPU, which its Train
+    workers need (RAY_NOTES.md: a 1-CPU trainable deadlocks 2 trials on 2 cores); a zero-shot
+    trainable does the evaluation itself, so it asks for one worker's CPU (and GPU)."""
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+    def resources(config: dict[str, Any]) -> Any:
+        _, cfg = split_trial_config(config)
+        if cfg.epochs > 0:
+            return resource_dict_to_pg_factory({"cpu": 0, "memory": 1e6})
+        return resource_dict_to_pg_factory({"cpu": 1, "gpu": gpus_per_worker})
+
+    return resources
 
 
 def trial_dirname(trial: Any) -> str:
@@ -450,7 +475,7 @@ def _tuner(
     from ray import tune
 
     run_dir = cfg.run_dir
-    wrapped = tune.with_resources(trainable, {"cpu": 0, "memory": 1e6})
+    wrapped = tune.with_resources(trainable, trial_resources(cfg.gpus_per_worker))
     exp_dir = run_dir / phase
     if cfg.resume and tune.Tuner.can_restore(str(exp_dir)):
         return tune.Tuner.restore(
