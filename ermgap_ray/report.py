@@ -100,7 +100,8 @@ def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     trials = path / "trials.parquet"
     if not trials.is_file():
         raise FileNotFoundError(f"no trials.parquet in {path} (not a sweep results directory?)")
-    df = pd.read_parquet(trials)
+    with open(trials, "rb") as handle:  # one handle: see results.read_parquet_once
+        df = pd.read_parquet(handle)
     if df.empty:
         raise ValueError(f"{trials} has no rows (no trial has reported yet)")
     df["is_final"] = df["is_final"].fillna(False).astype(bool)
@@ -150,11 +151,12 @@ def pareto_frame(
                 "modality": agg["modality"],
                 "n": agg["n"],
                 "utility": 100 * agg[f"{u_col}_mean"],
-                "utility_lo": 100 * agg[f"{u_col}_lo"],
-                "utility_hi": 100 * agg[f"{u_col}_hi"],
+                # t-intervals are symmetric; W-F1 and gaps live in [0, 100] (points).
+                "utility_lo": (100 * agg[f"{u_col}_lo"]).clip(0, 100),
+                "utility_hi": (100 * agg[f"{u_col}_hi"]).clip(0, 100),
                 "gap": 100 * agg[f"{g_col}_mean"],
-                "gap_lo": 100 * agg[f"{g_col}_lo"],
-                "gap_hi": 100 * agg[f"{g_col}_hi"],
+                "gap_lo": (100 * agg[f"{g_col}_lo"]).clip(0, 100),
+                "gap_hi": (100 * agg[f"{g_col}_hi"]).clip(0, 100),
                 "on_front": pareto_mask(means, [True, False]),
                 "ci_front": seed_aware_pareto_mask(agg, [u_col, g_col], [True, False]),
             }
@@ -701,24 +703,30 @@ def render_ablation(
     """Markdown or LaTeX (booktabs) text of an `ablation_frame`; best per column in bold.
 
     Best = highest mean for W-F1/ACC, lowest for gaps, compared as printed (one decimal), so
-    ties are all bold. Every row competes, zero-shot included.
+    ties are all bold. Zero-shot does not compete: a near-chance model has near-zero gaps, and a
+    bold "best gap" for it would be read as a result.
     """
     if format not in ("md", "latex"):
         raise ValueError(f"format must be 'md' or 'latex', got {format!r}")
     shown = frame[list(TABLE_METRICS)].round(1)
-    best = {m: shown[m].min() if m.startswith("max_gap_") else shown[m].max() for m in shown}
+    rivals = shown[frame["family"] != "zero-shot"]
+    best = {m: rivals[m].min() if m.startswith("max_gap_") else rivals[m].max() for m in shown}
     body = []
     for i, r in frame.iterrows():
         label = FAMILY_LABELS.get(r["family"], r["family"])
         if isinstance(r["variant"], str) and r["variant"]:
             label += f" ({r['variant']})"
-        cells = [_cell(r[m], r[f"{m}_pm"], shown.at[i, m] == best[m], format) for m in shown]
+        rival = r["family"] != "zero-shot"
+        cells = [
+            _cell(r[m], r[f"{m}_pm"], rival and shown.at[i, m] == best[m], format) for m in shown
+        ]
         delta = "–" if math.isnan(r["delta"]) else f"{r['delta']:+.1f}"
         body.append((r["modality"], label, cells, delta, _p_text(r["p_value"], r["test"])))
     gap_name = METRIC_LABELS.get(gap.removeprefix("max_gap_"), gap)
     note = (
         f"{split} split; mean ± {ci:.0%} t-CI half-width over seeds, in points. Bold: best per "
-        f"column (max W-F1/ACC, min gap); gaps are the max over languages. Δ: ERM's {gap_name} "
+        f"column among trained methods (max W-F1/ACC, min gap); gaps are the max over "
+        f"languages. Δ: ERM's {gap_name} "
         "gap minus the method's (same modality; positive = smaller gap); p: one-sided Welch "
         "t-test over seeds, † = paired bootstrap over seed-matched test predictions."
     )

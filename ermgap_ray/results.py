@@ -29,7 +29,7 @@ from ermgap_ray.config import TrialConfig
 TRIALS_FILE = "trials.parquet"
 MANIFEST_FILE = "sweep.json"
 METRIC_PREFIXES = ("dev/", "test/", "train/")
-METRIC_KEYS = ("lambda", "time_epoch_s")
+METRIC_KEYS = ("lambda", "time_epoch_s", "cpu_epoch_s")
 ROW_KEYS = (
     "trial_id",
     "config_hash",
@@ -138,6 +138,9 @@ class ResultsWriter(Callback):
         self._load()
 
     def _load(self) -> None:
+        # A driver killed mid-write leaves its temp file; one driver owns a run directory.
+        for stale in self.path.parent.glob(f".{self.path.name}.*"):
+            stale.unlink(missing_ok=True)
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}
         self.index: dict[str, int] = {}
         if self.path.is_file():
@@ -253,7 +256,16 @@ def read_trials(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / TRIALS_FILE
     if not path.is_file():
         return pd.DataFrame(columns=list(ROW_KEYS))
-    return pd.read_parquet(path)
+    return read_parquet_once(path)
+
+
+def read_parquet_once(path: Path) -> pd.DataFrame:
+    """Read through one open handle: given a path, pyarrow opens the file more than once, and
+    a writer's rename between two opens pairs one version's footer with another's pages
+    ("Page was smaller than expected"; tests/test_results.py caught it). An open handle keeps
+    its version alive across the rename."""
+    with open(path, "rb") as handle:
+        return pd.read_parquet(handle)
 
 
 def _versions() -> dict[str, str | None]:

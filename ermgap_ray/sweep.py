@@ -293,6 +293,13 @@ def fail_stale_optuna_trials(run_dir: Path, study_name: str) -> int:
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl+C stopped Tune; its experiment state is saved and `--resume` continues it."""
 
+    @classmethod
+    def in_phase(cls, phase: str, cfg: SweepConfig) -> SweepInterrupted:
+        return cls(
+            f"sweep interrupted in phase {phase!r}; continue it with --resume "
+            f"--name {cfg.run_name} --storage {cfg.storage}"
+        )
+
 
 class NonFiniteTrialError(FloatingPointError):
     """The trial diverged; deterministic, so a retry would diverge again."""
@@ -577,10 +584,7 @@ def run_sweep(
         unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("is_final")]
         if unfinished or len(grid) > grid.num_terminated + grid.num_errors:
             write_manifest(run_dir, cfg.to_dict(), status="interrupted", **static)
-            raise SweepInterrupted(
-                f"sweep interrupted in phase {phase!r}; continue it with --resume "
-                f"--name {cfg.run_name} --storage {cfg.storage}"
-            )
+            raise SweepInterrupted.in_phase(phase, cfg)
         if phase == "search":
             stale = fail_stale_optuna_trials(run_dir, cfg.run_name)
             if stale:

@@ -62,6 +62,9 @@ class NonFiniteLossError(FloatingPointError):
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. a full disk); the previous one is untouched."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message, without "[Errno 28] "
+
 
 # --------------------------------------------------------------------------------------------
 # Inputs shared by every trial of a sweep
@@ -493,7 +496,7 @@ def run_loop(
 
     final: dict[str, Any] = {}
     for epoch in range(start_epoch, max(cfg.epochs, 1)):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         lam_used = schedule.value
         metrics: dict[str, Any] = {"epoch": epoch + 1 if cfg.epochs else 0, "lambda": lam_used}
         if cfg.epochs:
@@ -529,6 +532,7 @@ def run_loop(
             except OSError as err:
                 raise _checkpoint_error(metrics["epoch"], ckpt_dir, err) from None
             metrics["time_epoch_s"] = time.perf_counter() - t0
+            metrics["cpu_epoch_s"] = time.process_time() - cpu0
             log.epoch(metrics)
             has_files = engine_kind == "deepspeed" and engine is not None or is_final
             session.report(metrics, ckpt_dir if has_files else None)

@@ -276,7 +276,9 @@ def test_pareto_frame_exact_on_golden(paper: pd.DataFrame) -> None:
             values = seeds[col].to_numpy()
             half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / math.sqrt(3)
             assert row[name] == pytest.approx(100 * values.mean(), abs=1e-9)
-            assert row[f"{name}_hi"] - row[name] == pytest.approx(100 * half, abs=1e-9)
+            hi = min(100.0, 100 * (values.mean() + half))
+            assert row[f"{name}_hi"] == pytest.approx(hi, abs=1e-9)
+            assert row[f"{name}_lo"] == pytest.approx(max(0.0, 100 * (values.mean() - half)))
         assert row["family"] == seeds["family"].iloc[0] and row["modality"] == row["panel"]
     for _, sub in configs.groupby("panel"):
         points = sub[["utility", "gap"]].to_numpy()
@@ -290,6 +292,19 @@ def test_pareto_frame_exact_on_golden(paper: pd.DataFrame) -> None:
         assert (sub["ci_front"] | ~sub["on_front"]).all()
     trial_ids = set(trials["trial_id"])
     assert trial_ids == set(final["trial_id"])
+
+
+def test_pareto_frame_clips_intervals_to_the_metric_range(paper: pd.DataFrame) -> None:
+    df = paper.copy()
+    final = df["is_final"] & (df["status"] == "TERMINATED")
+    group = df.loc[final & (df["family"] == "erm"), "group_hash"].iloc[0]
+    rows = df.index[final & (df["group_hash"] == group)]
+    df.loc[rows, "dev/max_gap_wf1"] = [0.0, 0.0, 0.3]  # t-interval 0.1 ± 0.43
+    df.loc[rows, "dev/wf1"] = [1.0, 1.0, 0.9]
+    row = pareto_frame(df).query("kind == 'config' and group_hash == @group").iloc[0]
+    half = 100 * stats.t.ppf(0.975, 2) * np.std([0.0, 0.0, 0.3], ddof=1) / math.sqrt(3)
+    assert row["gap_lo"] == 0.0 and row["gap_hi"] == pytest.approx(10 + half)
+    assert row["utility_hi"] == 100.0 and row["utility_lo"] < row["utility"]
 
 
 def test_pareto_frame_by_language_and_test_split(paper: pd.DataFrame) -> None:
@@ -391,15 +406,17 @@ def test_ablation_table_bold_best_and_delta(paper: pd.DataFrame, fmt: str) -> No
         [c.strip() for c in ln.strip("| \\").split("|" if fmt == "md" else "&")] for ln in lines
     ]
     assert len(cells) == 16 and {len(row) for row in cells} == {2 + len(TABLE_METRICS) + 2}
+    trained = frame["family"] != "zero-shot"
     for j, metric in enumerate(TABLE_METRICS):
-        best = frame[metric].round(1).agg("min" if "gap" in metric else "max")
+        best = frame.loc[trained, metric].round(1).agg("min" if "gap" in metric else "max")
         bold_cells = [row[2 + j] for row in cells if bold in row[2 + j]]
         assert bold_cells and all(f"{best:.1f}" in c for c in bold_cells), metric
+    assert not any(bold in cell for row in cells if row[0].startswith("Zero") for cell in row)
     assert len([ln for ln in lines if ln.lstrip("| ").startswith("ERM")]) == 2
     ada = [ln for ln in lines if "p=1" in ln and ("Adaptive" in ln) and "audio+text" not in ln][0]
     delta = frame[(frame["family"] == "adaptive-p1") & (frame["modality"] == "audio")]["delta"]
     assert f"+{delta.iloc[0]:.1f}" in ada
-    best_gap = frame["max_gap_wf1"].round(1).min()
+    best_gap = frame.loc[trained, "max_gap_wf1"].round(1).min()
     assert f"{best_gap:.1f}" in ada and (
         f"**{best_gap:.1f}" in ada or rf"\textbf{{{best_gap:.1f}" in ada
     )

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -158,3 +163,54 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
 
 def test_read_trials_missing_dir_has_schema(tmp_path: Path) -> None:
     assert list(read_trials(tmp_path / "nope").columns) == list(ROW_KEYS)
+
+
+WRITER = """
+import sys
+from ray.tune.experiment import Trial
+from ermgap_ray.results import ResultsWriter
+
+writer = ResultsWriter(sys.argv[1])
+extra = {f"dev/extra_{j}": float(j) for j in range(300)}  # ~0.5 MB: slow, tearable writes
+for i in range(int(sys.argv[2])):
+    trial = Trial("fn", config={"trial": {"seed": i}}, trial_id=f"t_{i:05d}", stub=True)
+    writer.on_trial_start(0, [], trial)
+    writer.on_trial_result(0, [], trial, {"epoch": 1, "dev/wf1": 0.5, **extra})
+    print(i + 1, flush=True)
+"""
+
+
+def _start_writer(run_dir: Path, n: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(run_dir), str(n)], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_reader_never_sees_a_half_written_file_and_a_killed_writer_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Reads race a writer process; then the writer is SIGKILLed mid-stream. Every read parses
+    and row counts never go backwards; after the kill, every flushed row is there."""
+    writer = _start_writer(tmp_path, 150)
+    sizes: list[int] = []
+    while writer.poll() is None:
+        if (tmp_path / TRIALS_FILE).exists():
+            sizes.append(len(read_trials(tmp_path)))  # raises on a torn file
+    assert writer.returncode == 0
+    assert len(set(sizes)) >= 10, f"too few distinct states were read: {sorted(set(sizes))}"
+    assert sizes == sorted(sizes) and len(read_trials(tmp_path)) == 150
+
+    run_dir = tmp_path / "killed"
+    writer = _start_writer(run_dir, 10_000)
+    flushed = 0
+    for line in writer.stdout:
+        flushed = int(line)
+        if flushed >= 40:
+            break
+    time.sleep(random.uniform(0.0, 0.1))  # land the kill anywhere inside a later write
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    survived = read_trials(run_dir)
+    assert len(survived) >= flushed and not survived.duplicated("trial_id").any()
+    ResultsWriter(run_dir)  # what --resume does first: stale temp files are swept away
+    assert [p.name for p in run_dir.iterdir()] == [TRIALS_FILE]

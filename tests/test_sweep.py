@@ -31,6 +31,7 @@ from ermgap_ray.sweep import (
     grid_trials,
     load_sweep_config,
     run_sweep,
+    trial_resources,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +106,18 @@ def test_overrides_flags_and_sets() -> None:
         load_sweep_config("paper", {"objectives": ["dev/wf1:up"]})
     with pytest.raises(ConfigError, match="presets: paper, search, smoke"):
         load_sweep_config("nope")
+
+
+def test_trial_resources_never_hold_the_workers_cpus() -> None:
+    """Training trainables hold no CPU (their Train workers need it); zero-shot trainables do
+    the evaluation themselves, so they hold one worker's CPU and GPU."""
+    resources = trial_resources(gpus_per_worker=0.5)
+    trained = resources({"trial": {"family": "erm", "epochs": 2}}).required_resources
+    zero_shot = resources({"trial": {"family": "zero-shot", "epochs": 0}}).required_resources
+    searched = resources({"family": "search", "p": 1, "lr": 1e-3}).required_resources
+    assert trained.get("CPU", 0) == 0 and trained.get("GPU", 0) == 0
+    assert zero_shot["CPU"] == 1 and zero_shot["GPU"] == 0.5
+    assert searched == trained
 
 
 def test_search_space_is_conditional_and_valid() -> None:

@@ -1,0 +1,168 @@
+"""The README's "When things go wrong" table quotes the messages users really see.
+
+Each quote is turned into a pattern (`…`, PATH, NAME and HOST:PORT match run-specific text)
+and matched against the message the code produces for that fault, so a reworded error fails
+here until the README follows.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from ermgap_ray.cluster import probe
+from ermgap_ray.config import TrialConfig
+from ermgap_ray.data.io import resolve_data
+from ermgap_ray.model import resolve_backbone
+from ermgap_ray.results import error_summary
+from ermgap_ray.sweep import SweepInterrupted, load_sweep_config
+from ermgap_ray.train import _checkpoint_error, run_local, user_errors
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PLACEHOLDERS = {"…": ".*?", "PATH": ".+?", "NAME": r"\S+", "HOST:PORT": r"\S+"}
+SPAN = re.compile(r"``\s?(.+?)\s?``|`([^`]+)`")
+
+
+def readme_quotes() -> list[str]:
+    """The code spans of the table's first column that quote a message."""
+    section = README.read_text().split("## When things go wrong", 1)[1].split("\n## ", 1)[0]
+    quotes = []
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith(("| you see", "|---")):
+            continue
+        first_cell = SPAN.sub(lambda m: m.group(0).replace("|", "\0"), line).split("|")[1]
+        for match in SPAN.finditer(first_cell.replace("\0", "|")):
+            text = match.group(1) or match.group(2)
+            if ":" in text:
+                quotes.append(text)
+    return quotes
+
+
+def as_pattern(quote: str) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(k) for k in PLACEHOLDERS)
+    parts = re.split(f"({alternatives})", quote)
+    return re.compile("".join(PLACEHOLDERS.get(p, re.escape(p)) for p in parts), re.DOTALL)
+
+
+def _user_error(action: Callable[[], object]) -> str:
+    """What a CLI prints for a user error raised by `action` (sweeps/ablation.py, train.py)."""
+    with pytest.raises(user_errors()) as err:
+        action()
+    return f"error: {err.value}"
+
+
+def _manifest(small_corpus: Path, tmp_path: Path, edit: Callable[[pd.DataFrame], object]) -> str:
+    df = pd.read_csv(small_corpus, keep_default_na=False)
+    df["audio"] = [str((small_corpus.parent / a).resolve()) for a in df["audio"]]
+    edit(df)
+    path = tmp_path / "manifest.csv"
+    df.to_csv(path, index=False)
+    return _user_error(lambda: resolve_data(str(path)))
+
+
+def _emotion(df: pd.DataFrame) -> None:
+    df.loc[df["utt_id"] == "ja_0042", "utt_id"] = "renamed"
+    df.loc[16, ["utt_id", "emotion"]] = ["ja_0042", "happy"]
+
+
+def _clip(df: pd.DataFrame, write: Callable[[Path], object], folder: Path) -> None:
+    """Row 3 points at a clip `write` makes in `folder` (the shared corpus stays untouched)."""
+    path = folder / "broken.wav"
+    write(path)
+    df.loc[3, "audio"] = str(path)
+
+
+def _truncated(path: Path, source: Path) -> None:
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _not_qwen(tmp_path: Path) -> str:
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    return _user_error(lambda: resolve_backbone(tmp_path / "bert"))
+
+
+def _nonfinite(small_corpus: Path, tmp_path: Path) -> str:
+    cfg = TrialConfig(
+        data=str(small_corpus), epochs=1, batch_size=4, lambda_mode="fixed", lam=1e300
+    )
+    with pytest.raises(FloatingPointError) as err:
+        run_local(cfg, tmp_path / "nan", engine_kind="torch", verbose=False)
+    return error_summary(f"Traceback ...\n{err.value.__class__.__name__}: {err.value}")
+
+
+def _drop(mask: Callable[[pd.DataFrame], pd.Series]) -> Callable[[pd.DataFrame], None]:
+    return lambda df: df.drop(df.index[mask(df)], inplace=True)
+
+
+@pytest.fixture
+def produced(small_corpus: Path, tmp_path: Path) -> Callable[[str], str]:
+    """The real message for the quote that contains a given key phrase."""
+    wav = next(small_corpus.parent.rglob("*.wav"))
+
+    def clip(write: Callable[[Path], object]) -> Callable[[pd.DataFrame], None]:
+        return lambda df: _clip(df, write, tmp_path)
+
+    manifest_edits: dict[str, Callable[[pd.DataFrame], object]] = {
+        "unknown emotion": _emotion,
+        "duplicate utt_id": lambda df: df.loc.__setitem__((5, "utt_id"), df.utt_id[2]),
+        "audio file not found": clip(lambda p: None),
+        "audio file is empty": clip(lambda p: p.write_bytes(b"")),
+        "truncated:": clip(lambda p: _truncated(p, wav)),
+        "unreadable or not audio": clip(lambda p: p.write_text("text")),
+        "44100 Hz": clip(lambda p: sf.write(p, np.zeros((4410, 2)), 44100)),
+        "has gender F only": _drop(
+            lambda df: (df.split == "dev") & (df.language == "ja") & (df.gender == "M")
+        ),
+        "is empty; need rows": _drop(lambda df: df.split == "test"),
+    }
+    disk_full = OSError(errno.ENOSPC, "No space left on device")
+    others: dict[str, Callable[[], str]] = {
+        "config field 'p'": lambda: _user_error(lambda: TrialConfig(p=3)),
+        "unknown config key": lambda: _user_error(lambda: TrialConfig.from_dict({"lamda": 1})),
+        "not a Qwen2-Audio": lambda: _not_qwen(tmp_path),
+        "does not exist": lambda: _user_error(lambda: resolve_backbone(tmp_path / "none")),
+        "no Ray cluster": lambda: _user_error(lambda: probe(f"127.0.0.1:{_free_port()}")),
+        "NonFiniteLoss": lambda: _nonfinite(small_corpus, tmp_path),
+        "could not write": lambda: f"error: {_checkpoint_error(3, tmp_path, disk_full)}",
+        "interrupted": lambda: (
+            "interrupted: " + str(SweepInterrupted.in_phase("grid", load_sweep_config("paper")))
+        ),
+    }
+
+    def make(quote: str) -> str:
+        (key,) = [k for k in (*manifest_edits, *others) if k in quote]
+        if key in manifest_edits:
+            return _manifest(small_corpus, tmp_path, manifest_edits[key])
+        return others[key]()
+
+    return make
+
+
+def test_the_table_quotes_every_message_once() -> None:
+    quotes = readme_quotes()
+    assert len(quotes) == 17, quotes
+    assert len(set(quotes)) == len(quotes)
+
+
+@pytest.mark.parametrize("quote", readme_quotes())
+def test_readme_quote_is_the_real_message(quote: str, produced: Callable[[str], str]) -> None:
+    message = produced(quote)
+    assert "\n" not in message
+    assert as_pattern(quote).fullmatch(message), f"README: {quote}\nactual: {message}"
