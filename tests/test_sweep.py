@@ -446,3 +446,29 @@ def test_worker_killed_inside_a_sweep_resumes_and_matches_uninterrupted(
         torch.set_num_threads(threads)
     for key in ("lambda", "dev/wf1", "dev/max_gap_wf1", "test/wf1", "test/max_gap_wf1"):
         assert final[key] == pytest.approx(straight[key], abs=1e-5), key
+
+
+@pytest.mark.slow
+def test_smoke_preset_through_the_cli(tmp_path: Path) -> None:
+    """`python sweeps/ablation.py --preset smoke`, as CI promises: the grid (zero-shot included)
+    and the Optuna search with the real trainer, then the reports."""
+    if ray.is_initialized():
+        ray.shutdown()
+    cmd = [sys.executable, "sweeps/ablation.py", "--preset", "smoke", "--cluster", "local"]
+    cmd += ["--storage", str(tmp_path)]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "smoke"
+    final = read_trials(run_dir).query("is_final")
+    assert len(final) == 6 and set(final.status) == {"TERMINATED"}
+    families = ["adaptive-p2", "erm", "fixed-p2", "search", "zero-shot"]
+    assert sorted(final.family.unique()) == families
+    assert final["test/wf1"].between(0, 1).all()
+    assert final.predictions_path.map(os.path.isfile).all()
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert "trials: 6 finished, 0 failed" in done.stdout
+    for report in ("figures/pareto.png", "tables/ablation.md", "figures/hypervolume.png"):
+        assert (run_dir / report).stat().st_size > 0, report
+    assert read_manifest(run_dir)["status"] == "finished"
