@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,30 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ermgap_ray.data.synthetic import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("synthetic-small"), seed=0, size="small")
+
+
+class TrainWorkerKiller(threading.Thread):
+    """SIGKILLs the first Ray Train worker process once `root.glob(pattern)` finds a file (a
+    written checkpoint), so the kill lands mid-trial; `killed` holds the pid it killed."""
+
+    def __init__(self, root: Path, pattern: str) -> None:
+        super().__init__(daemon=True)
+        self.root, self.pattern = root, pattern
+        self.killed: list[int] = []
+
+    def run(self) -> None:
+        import psutil
+
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(self.root.glob(self.pattern)):
+            time.sleep(0.2)
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+                self.killed.append(proc.info["pid"])
+                return
+
+
+@pytest.fixture
+def train_worker_killer() -> type[TrainWorkerKiller]:
+    return TrainWorkerKiller

@@ -375,14 +375,11 @@ def test_diverging_trial_is_an_error_row_and_not_retried(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_worker_killed_inside_a_sweep_resumes_and_matches_uninterrupted(
-    small_corpus: Path, tmp_path: Path
+    small_corpus: Path, tmp_path: Path, train_worker_killer
 ) -> None:
     """SIGKILL of the Train worker mid-trial: Tune retries the trial, its Train run resumes from
     the last epoch checkpoint, and the final metrics and λ equal an uninterrupted run's. A
     zero-shot trial shares the 2 CPUs: it evaluates in its trainable, with no Train run."""
-    import threading
-
-    import psutil
     import torch
 
     from ermgap_ray.train import run_local
@@ -402,27 +399,14 @@ def test_worker_killed_inside_a_sweep_resumes_and_matches_uninterrupted(
         },
         sets,
     )
-    killed: list[int] = []
-
-    def kill_worker_after_first_checkpoint() -> None:
-        deadline = time.time() + 300
-        train_dir = tmp_path / "kw" / "train"
-        while time.time() < deadline and not list(train_dir.glob("*/checkpoint_*/*.json")):
-            time.sleep(0.2)
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-                proc.kill()
-                killed.append(proc.info["pid"])
-                return
-
-    killer = threading.Thread(target=kill_worker_after_first_checkpoint)
+    killer = train_worker_killer(tmp_path / "kw" / "train", "*/checkpoint_*/*.json")
     killer.start()
     try:
         result = run_sweep(cfg, progress_interval_s=5)
     finally:
         ray.shutdown()
         killer.join()
-    assert killed, "no Ray Train worker was found to kill"
+    assert killer.killed, "no Ray Train worker was found to kill"
     assert (result.n_terminated, result.n_error) == (2, 0)
     zero_shot = result.trials[result.trials.family == "zero-shot"].iloc[0]
     assert zero_shot.epoch == 0 and Path(zero_shot.predictions_path).is_file()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -78,28 +75,14 @@ def test_two_workers_zero3_with_sharded_lora_saves_gathered_adapter(ray_local, b
     _check_adapter_round_trip(cfg, final)
 
 
-def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(run_dir.glob("checkpoint_*/trainer_state.json")):
-        time.sleep(0.2)
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-            proc.kill()
-            killed.append(proc.info["pid"])
-            return
-
-
 def test_killed_worker_resumes_from_checkpoint_and_matches_uninterrupted(
-    ray_local, base_cfg, uninterrupted, tmp_path
+    ray_local, base_cfg, uninterrupted, tmp_path, train_worker_killer
 ):
-    killed: list[int] = []
-    killer = threading.Thread(
-        target=_kill_a_worker_after_first_checkpoint, args=(tmp_path / "killed", killed)
-    )
+    killer = train_worker_killer(tmp_path / "killed", "checkpoint_*/trainer_state.json")
     killer.start()
     final = _fit(base_cfg, tmp_path, "killed", max_failures=1, verbose=False)
     killer.join()
-    assert killed, "no Ray Train worker was found to kill"
+    assert killer.killed, "no Ray Train worker was found to kill"
     assert final["epoch"] == 3
     for key in ("lambda", "dev/wf1", "dev/max_gap_wf1", "test/wf1", "test/max_gap_wf1"):
         assert final[key] == pytest.approx(uninterrupted[key], abs=1e-6), key
