@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -52,3 +53,12 @@ class TrainWorkerKiller(threading.Thread):
 @pytest.fixture
 def train_worker_killer() -> type[TrainWorkerKiller]:
     return TrainWorkerKiller
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for process groups, dashboards and a
+    dead `--cluster` address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,7 +8,6 @@ single-process gradient on the concatenated batch.
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -93,12 +92,6 @@ def _worker(rank: int, world: int, port: int, name: str, p: int, lam: float, acc
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "name,p,accum",
     [
@@ -110,12 +103,12 @@ def _free_port() -> int:
         ("groupdro", 1, 2),
     ],
 )
-def test_two_ranks_match_single_process_gradient(tmp_path, name, p, accum):
+def test_two_ranks_match_single_process_gradient(tmp_path, free_port, name, p, accum):
     lam = 3.0
     out = tmp_path / "grads.npy"
     mp.start_processes(
         _worker,
-        args=(2, _free_port(), name, p, lam, accum, str(out)),
+        args=(2, free_port, name, p, lam, accum, str(out)),
         nprocs=2,
         join=True,
         start_method="spawn",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import re
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,12 +85,6 @@ def _truncated(path: Path, source: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _not_qwen(tmp_path: Path) -> str:
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
@@ -112,7 +105,7 @@ def _drop(mask: Callable[[pd.DataFrame], pd.Series]) -> Callable[[pd.DataFrame],
 
 
 @pytest.fixture
-def produced(small_corpus: Path, tmp_path: Path) -> Callable[[str], str]:
+def produced(small_corpus: Path, tmp_path: Path, free_port: int) -> Callable[[str], str]:
     """The real message for the quote that contains a given key phrase."""
     wav = next(small_corpus.parent.rglob("*.wav"))
 
@@ -138,7 +131,7 @@ def produced(small_corpus: Path, tmp_path: Path) -> Callable[[str], str]:
         "unknown config key": lambda: _user_error(lambda: TrialConfig.from_dict({"lamda": 1})),
         "not a Qwen2-Audio": lambda: _not_qwen(tmp_path),
         "does not exist": lambda: _user_error(lambda: resolve_backbone(tmp_path / "none")),
-        "no Ray cluster": lambda: _user_error(lambda: probe(f"127.0.0.1:{_free_port()}")),
+        "no Ray cluster": lambda: _user_error(lambda: probe(f"127.0.0.1:{free_port}")),
         "NonFiniteLoss": lambda: _nonfinite(small_corpus, tmp_path),
         "could not write": lambda: f"error: {_checkpoint_error(3, tmp_path, disk_full)}",
         "interrupted": lambda: (

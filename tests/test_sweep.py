@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -271,12 +270,6 @@ run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
 # ---------------------------------------------------------------------------- real trainer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker_nodes() -> set[str]:
     from ray.util.state import list_actors
 
@@ -285,7 +278,7 @@ def _worker_nodes() -> set[str]:
 
 
 @pytest.mark.slow
-def test_smoke_preset_on_two_nodes(tmp_path: Path) -> None:
+def test_smoke_preset_on_two_nodes(tmp_path: Path, free_port: int) -> None:
     """The real Ray Train trial on a 2-node cluster (1 CPU each): trials land on both nodes."""
     from ray.cluster_utils import Cluster
 
@@ -297,7 +290,7 @@ def test_smoke_preset_on_two_nodes(tmp_path: Path) -> None:
             "num_cpus": 1,
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
-            "dashboard_port": _free_port(),
+            "dashboard_port": free_port,
         },
     )
     nodes.add_node(num_cpus=1)
