@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 
 import ray
+from ermgap_ray.errors import ClusterError
 
 PROBE_TIMEOUT_S = 3.0
 DEFAULT_RAY_PORT = 6379
@@ -26,10 +27,6 @@ RAY_ENV: dict[str, str] = {
 # watcher (one extra actor process per trial, ~1.3 CPU-s) has nothing to watch. On a joined
 # cluster (spot nodes, autoscaling) Ray's default stays.
 LOCAL_HEAD_ENV: dict[str, str] = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
-class ClusterError(RuntimeError):
-    """The cluster named by `--cluster` / RAY_ADDRESS cannot be reached or joined."""
 
 
 @dataclass

@@ -17,14 +17,11 @@ from typing import Any, Literal
 import yaml
 
 from ermgap_ray.data.schema import MODALITIES
+from ermgap_ray.errors import ConfigError
 
 OBJECTIVES = ("erm", "minmaxgap", "meangap", "groupdro")
 LAMBDA_MODES = ("fixed", "adaptive")
 DEV_GAP_METRICS = ("loss", "wf1", "acc", "tpr", "fpr", "avg")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the field."""
 
 
 def _knob(default: Any, help: str, **kw: Any) -> Any:

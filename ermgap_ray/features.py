@@ -36,6 +36,7 @@ from ermgap_ray.data.schema import (
     stratum_index,
 )
 from ermgap_ray.model import (
+from ermgap_ray.errors import CacheError
     AUDIO_TOKEN,
     BackboneAssets,
     cache_root,
@@ -55,10 +56,6 @@ INDEX_FILE = "index.json"
 SHARD_META = "shard.json"
 _FULL_HASH_LIMIT = 256 * 2**20
 _PARTIAL_HASH_BYTES = 4 * 2**20
-
-
-class CacheError(RuntimeError):
-    """A cache directory is corrupt, stale or incomplete; the message says which and where."""
 
 
 def load_audio(path: str | Path) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ermgap_ray.data.schema import EMOTIONS, MODALITIES, SAMPLE_RATE
+from ermgap_ray.errors import BackboneError
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,6 @@ _TINY_CORPUS: tuple[str, ...] = (
     "Audio 1: Transcript: Which emotion? Answer with one word:",
     "user assistant system",
 )
-
-
-class BackboneError(ValueError):
-    """The backbone cannot be used; the one-line message says which path and why."""
 
 
 def cache_root() -> Path:

@@ -6,7 +6,6 @@ manifest's folder on disk and absolute in memory, so a corpus folder can be move
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import shutil
@@ -16,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from ermgap_ray.data.schema import COLUMNS
+from ermgap_ray.data.manifest import MANIFEST, read_manifest, write_manifest
 from ermgap_ray.data.validate import DataValidationError, validate_records
 
-MANIFEST = "manifest.csv"
 MELD_PREFIX = "meld-st:"
 
 
@@ -26,60 +25,6 @@ def default_cache_root() -> Path:
     """`$ERMGAP_CACHE`, else `~/.cache/ermgap_ray`."""
     env = os.environ.get("ERMGAP_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "ermgap_ray"
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest CSV as strings, resolving `audio` against the manifest's folder.
-
-    The csv module (not pandas) reads it so that a row with the wrong number of fields raises
-    `DataValidationError` naming its line.
-    """
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if not header:
-                raise DataValidationError(f"{path}: empty file, expected a header row")
-            header = [h.strip() for h in header]
-            rows = []
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataValidationError(
-                        f"{path} line {reader.line_num}: {len(row)} fields, header has "
-                        f"{len(header)}"
-                    )
-                rows.append(row)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataValidationError(f"{path}: cannot read manifest ({err})") from err
-    df = pd.DataFrame(rows, columns=header, dtype=str)
-    if "audio" in df.columns:
-        folder = path.parent.absolute()
-        df["audio"] = [
-            a if not a or os.path.isabs(a) else os.path.normpath(folder / a) for a in df["audio"]
-        ]
-    return df
-
-
-def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write atomically (temp file + os.replace), audio paths relative to the manifest's folder."""
-    path = Path(path)
-    folder = path.parent.absolute()
-    folder.mkdir(parents=True, exist_ok=True)
-    cols = list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]
-    out = df[cols].copy()
-    out["audio"] = [Path(os.path.relpath(a, folder)).as_posix() for a in out["audio"]]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            out.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def data_fingerprint(df: pd.DataFrame, root: str | Path, mtimes: bool = True) -> str:

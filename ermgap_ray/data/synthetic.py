@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ermgap_ray.data.io import read_manifest, write_manifest
+from ermgap_ray.data.manifest import read_manifest, write_manifest
 from ermgap_ray.data.schema import EMOTIONS, GENDERS, LANGUAGES, SAMPLE_RATE, SPLITS
 from ermgap_ray.data.validate import data_summary
 

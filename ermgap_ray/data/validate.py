@@ -20,15 +20,12 @@ import pandas as pd
 import soundfile as sf
 
 from ermgap_ray.data.schema import COLUMNS, EMOTIONS, GENDERS, LANGUAGES, SAMPLE_RATE, SPLITS
+from ermgap_ray.errors import DataValidationError
 
 log = logging.getLogger(__name__)
 
 OPTIONAL_COLUMNS: tuple[str, ...] = ("text",)
 _AUDIO_WORKERS = 8
-
-
-class DataValidationError(ValueError):
-    """A corpus problem, reported as one line that names the file and the row."""
 
 
 class SpeakerOverlapWarning(UserWarning):
