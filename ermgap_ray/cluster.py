@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 
 import ray
+
 from ermgap_ray.errors import ClusterError
 
 PROBE_TIMEOUT_S = 3.0

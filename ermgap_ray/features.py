@@ -35,8 +35,8 @@ from ermgap_ray.data.schema import (
     SAMPLE_RATE,
     stratum_index,
 )
-from ermgap_ray.model import (
 from ermgap_ray.errors import CacheError
+from ermgap_ray.model import (
     AUDIO_TOKEN,
     BackboneAssets,
     cache_root,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ermgap_ray.data.manifest import MANIFEST, read_manifest
 from ermgap_ray.data.schema import COLUMNS
-from ermgap_ray.data.manifest import MANIFEST, read_manifest, write_manifest
 from ermgap_ray.data.validate import DataValidationError, validate_records
 
 MELD_PREFIX = "meld-st:"
