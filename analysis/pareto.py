@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ermgap_ray.pareto import select_operating_point
+from ermgap_ray.registry import GAP_KINDS
 from ermgap_ray.report import (
     hypervolume_over_trials,
     load_run,
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("dev", "test"), default="dev", help="metrics to plot")
     parser.add_argument(
         "--gap",
-        choices=("tpr", "fpr", "wf1", "acc", "avg"),
+        choices=GAP_KINDS,
         default="wf1",
         help="gender gap on the x axis: max_gap_<gap> (gap_<gap>/<lang> by language)",
     )
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                 df, f"{gap}<={args.max_gap / 100}", objective=args.objective
             )
             print(f"operating point: {op.reason}")
-        frame = pareto_frame(df, split=args.split, gap=gap, by_language=args.by_language)
+        frame = pareto_frame(
+            df, split=args.split, gap=gap, by_language=args.by_language, run_dir=args.run_dir
+        )
         out = args.out or args.run_dir / "figures"
         stem = out / f"pareto_{args.split}_{gap}{'_by_language' if args.by_language else ''}"
         paths = save_figure(plot_pareto(frame, operating_point=op), stem)
@@ -73,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.hypervolume is not None:
             curves = {}
             for run in dict.fromkeys([args.run_dir, *args.hypervolume]):
-                run_df, sweep = load_run(run)
-                objectives = sweep.get("objectives") or [["dev/wf1", "max"], [f"dev/{gap}", "min"]]
-                curves[sweep.get("name") or run.name] = hypervolume_over_trials(run_df, objectives)
+                run_df, manifest = load_run(run)
+                objectives = (
+                    manifest.objectives if manifest else [("dev/wf1", "max"), (f"dev/{gap}", "min")]
+                )
+                name = manifest.name if manifest else run.name
+                curves[name] = hypervolume_over_trials(run_df, objectives)
             paths += save_figure(plot_hypervolume(curves), out / "hypervolume_vs_trials")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""The paper's ablation table (family x modality; W-F1/ACC per language, max gender gaps,
-gap reduction vs ERM with its p-value) from a sweep's results.
+"""The paper's ablation table (family x modality; W-F1/ACC per language, max gender gaps with
+their gender-shuffled null, paired-by-seed Δ vs ERM with 95% CI and p) from a sweep's results.
 
     python analysis/tables.py RUN_DIR --format md|latex [--split test]
 """
@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ermgap_ray.registry import GAP_KINDS
 from ermgap_ray.report import ablation_table, load_run
 
 
@@ -22,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("dev", "test"), default="test", help="metrics to use")
     parser.add_argument(
         "--gap",
-        choices=("tpr", "fpr", "wf1", "acc", "avg"),
+        choices=GAP_KINDS,
         default="wf1",
-        help="max gap whose reduction vs ERM is tested (Δ and p columns)",
+        help="max gap whose paired Δ vs ERM is shown (Δ and p columns)",
     )
     parser.add_argument(
         "--out",

@@ -1,6 +1,6 @@
 """Cost of the fairness objective per train step, one JSON line: step time ÷ the ERM step's.
 
-A step is exactly one micro-batch of `ermgap_ray.train.train_one_epoch` (grad_accum 1): forward,
+A step is exactly one micro-batch of `Recipe.train_epoch` (grad_accum 1): forward,
 per-sample CE, `group_stats`, the `GlobalBatch` surrogate, `objective.terms`, backward, clip and
 AdamW, on the plain torch engine so no DeepSpeed cost dilutes the ratio. Every objective steps
 the same SERModel (default tiny backbone, LoRA) on the same cached batches of 16 from the
@@ -21,25 +21,21 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ermgap_ray.config import TrialConfig
-from ermgap_ray.data.sampler import GroupStratifiedBatchSampler
+from ermgap_ray.data.sampler import GroupStratifiedBatchSampler, language_gender_groups
 from ermgap_ray.features import SERDataset, collate_ser
 from ermgap_ray.global_batch import GlobalBatch
-from ermgap_ray.model import SERModel
 from ermgap_ray.objective import Objective, build_objective, group_stats
-from ermgap_ray.train import (
-    NUM_STRATA,
-    _group_ids,
-    make_engine,
-    prepare_trial_inputs,
-    train_one_epoch,
-)
+from ermgap_ray.train import LocalSession, Recipe, prepare_trial_inputs
+from ermgap_ray.train.evaluate import NUM_STRATA
 
 TARGET = 1.03
 NUM_BATCHES = 8
@@ -52,18 +48,16 @@ VARIANTS = {
 }
 
 
-def _model_and_batches(cfg: TrialConfig) -> tuple[SERModel, list[dict[str, torch.Tensor]]]:
-    """A fresh LoRA model and the first stratified training batches the loop would see,
-    collated once and reused."""
+def _batches(cfg: TrialConfig) -> list[dict[str, torch.Tensor]]:
+    """The first stratified training batches the loop would see, collated once and reused."""
     inputs = prepare_trial_inputs(cfg, progress=False, check_audio=False)
     train = inputs.records[inputs.records["split"] == "train"].reset_index(drop=True)
     dataset = SERDataset(train, inputs.backbone_dir, cfg.modality, inputs.cache)
-    sampler = GroupStratifiedBatchSampler(_group_ids(train), cfg.batch_size, seed=cfg.seed)
-    batches = [collate_ser([dataset[i] for i in idx]) for idx in sampler]
-    model = SERModel.from_backbone(
-        inputs.backbone_dir, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, seed=cfg.seed
+    sampler = GroupStratifiedBatchSampler(
+        language_gender_groups(train), cfg.batch_size, seed=cfg.seed
     )
-    return model, batches[:NUM_BATCHES]
+    batches = [collate_ser([dataset[i] for i in idx]) for idx in sampler]
+    return batches[:NUM_BATCHES]
 
 
 def _bootstrap_median_ci(ratios: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
@@ -101,9 +95,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = TrialConfig()
     with contextlib.redirect_stdout(sys.stderr):
-        model, batches = _model_and_batches(cfg)
-    device = torch.device("cpu")
-    engine = make_engine(model, cfg, device, "torch")
+        batches = _batches(cfg)
+    recipe = Recipe(cfg, LocalSession(Path(tempfile.mkdtemp()), keep=1), engine="torch")
+    with contextlib.redirect_stdout(sys.stderr):
+        recipe.setup()
     objectives = {
         name: build_objective(obj, p, NUM_STRATA, cfg.groupdro_eta)
         for name, (obj, p) in VARIANTS.items()
@@ -118,7 +113,8 @@ def main() -> None:
         for i in rng.permutation(len(names)):
             name = names[i]
             t0 = time.perf_counter()
-            train_one_epoch(engine, [batch], objectives[name], cfg.lam, cfg, device, epoch=0)
+            recipe.objective, recipe.train_loader = objectives[name], [batch]
+            recipe.train_epoch(0, cfg.lam)
             if rnd >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
         if rnd % 50 == 0:

@@ -3,7 +3,7 @@
 Every trial is the default config (default tiny backbone, default synthetic twin, encoder cache)
 with `epochs` changed only where named. Timed, in this order:
 
-* the same configs through `run_loop(engine_kind="torch")` (what `run_local` runs) in a child
+* the same configs through `Recipe(engine="torch")` (what `run_local` runs) in a child
   process: a plain torch optimizer, no Ray, no DeepSpeed, 1 torch thread like a worker;
 * `ray.init(num_cpus=2, include_dashboard=False)`, then one untimed 1-epoch warm-up fit;
 * `build_trainer(cfg, workers=1|2).fit()` for a short trial (`--epochs`, default 2), and the
@@ -41,10 +41,10 @@ import torch
 from ermgap_ray.config import TrialConfig
 from ermgap_ray.train import (
     LocalSession,
+    Recipe,
     build_trainer,
     final_metrics,
     prepare_trial_inputs,
-    run_loop,
 )
 
 RAY_ENV = {
@@ -71,7 +71,7 @@ def _local(configs: dict[str, TrialConfig], root: str) -> dict[str, dict[str, An
     out = {}
     for key, cfg in configs.items():
         session = LocalSession(Path(root) / f"local-{key}", cfg.keep_checkpoints)
-        final = run_loop(cfg, session, engine_kind="torch", verbose=False, inputs=inputs)
+        final = Recipe(cfg, session, inputs=inputs, engine="torch", verbose=False).run()
         epochs = [float(m["time_epoch_s"]) for m in session.reports]
         out[key] = {"total_s": float(final["time_total_s"]), "epoch_s": epochs}
         print(f"local torch {key}: {out[key]['total_s']:.1f}s", file=sys.stderr, flush=True)

@@ -62,6 +62,15 @@ def split_address(address: str) -> tuple[str, int]:
         raise ClusterError(f"cluster address {address!r}: port must be an integer") from None
 
 
+def explicit_address(cluster: str) -> str | None:
+    """The address that `cluster` names: itself, or RAY_ADDRESS for `auto`; None for a local
+    head (`local`, or `auto` with no RAY_ADDRESS), which is found or started instead."""
+    if cluster not in ("auto", "local"):
+        return cluster
+    env_address = os.environ.get("RAY_ADDRESS", "") if cluster == "auto" else ""
+    return env_address if env_address not in ("", "auto", "local") else None
+
+
 def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Fail in seconds, not minutes, when nothing listens at `address`."""
     host, port = split_address(address)
@@ -200,12 +209,11 @@ def connect(
     if ray.is_initialized():
         return _info(started=False)
     env_address = os.environ.get("RAY_ADDRESS") if cluster == "auto" else None
+    address = explicit_address(cluster)
     if cluster == "local" or env_address == "local":
-        address, started = None, True
-    elif cluster != "auto":
-        address, started = cluster, False
-    elif env_address and env_address != "auto":
-        address, started = env_address, False
+        started = True
+    elif address is not None:
+        started = False
     else:
         address = _local_head_address()
         started = address is None

@@ -22,6 +22,7 @@ from ermgap_ray.errors import ConfigError
 OBJECTIVES = ("erm", "minmaxgap", "meangap", "groupdro")
 LAMBDA_MODES = ("fixed", "adaptive")
 DEV_GAP_METRICS = ("loss", "wf1", "acc", "tpr", "fpr", "avg")
+ENGINES = ("auto", "torch", "deepspeed")
 
 
 def _knob(default: Any, help: str, **kw: Any) -> Any:
@@ -43,7 +44,11 @@ class TrialConfig:
     )
     lam: float = _knob(0.5, "Fixed lambda, or lambda_0 for the adaptive schedule. 0 = ERM.")
     eta: float = _knob(1.0, "Dual step size of the adaptive schedule.")
-    epsilon: float = _knob(0.05, "Dev-gap tolerance of the adaptive schedule (fraction).")
+    epsilon: float = _knob(
+        0.05,
+        "Dev-gap tolerance of the adaptive schedule, in the units of dev_gap_metric (nats for "
+        "loss, a fraction for a metric gap): lambda rises while the dev gap exceeds it.",
+    )
     lam_max: float = _knob(2.0, "Upper clip of the adaptive lambda.")
     dev_gap_metric: str = _knob(
         "loss",
@@ -64,6 +69,11 @@ class TrialConfig:
     batch_size: int = _knob(16, "Micro-batch size per worker.")
     grad_accum: int = _knob(1, "Micro-batches per optimizer step (gradient accumulation).")
     zero_stage: int = _knob(2, "DeepSpeed ZeRO stage (2 or 3).")
+    engine: Literal["auto", "torch", "deepspeed"] = _knob(
+        "auto",
+        "auto: DeepSpeed ZeRO for several workers or a GPU, plain torch for one CPU worker "
+        "(ZeRO over one rank shards nothing; same LoRA weights); or force torch | deepspeed.",
+    )
     zero3_persistence_threshold: int = _knob(
         100_000,
         "ZeRO-3 keeps parameters smaller than this unsharded (DeepSpeed's default); 0 shards all.",
@@ -116,6 +126,8 @@ class TrialConfig:
             raise bad("lora_dropout", "must be in [0, 1)")
         if self.zero_stage not in (2, 3):
             raise bad("zero_stage", "must be 2 or 3")
+        if self.engine not in ENGINES:
+            raise bad("engine", f"must be one of {', '.join(ENGINES)}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from ermgap_ray.data.schema import (
@@ -36,10 +37,10 @@ from ermgap_ray.data.schema import (
     stratum_index,
 )
 from ermgap_ray.errors import CacheError
+from ermgap_ray.fs import atomic_dir, cache_root
 from ermgap_ray.model import (
     AUDIO_TOKEN,
     BackboneAssets,
-    cache_root,
     load_audio_front_end,
     load_backbone_assets,
     num_audio_tokens,
@@ -313,9 +314,7 @@ def build_shard(
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     hidden = int(assets.config.text_config.hidden_size)
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", dir=out_dir))
-    try:
+    with atomic_dir(shard_dir, replace=True) as tmp:
         embeds = np.lib.format.open_memmap(
             tmp / EMBEDS_FILE, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), hidden)
         )
@@ -342,11 +341,6 @@ def build_shard(
         np.save(tmp / OFFSETS_FILE, offsets, allow_pickle=False)
         meta = {"fingerprint": fingerprint, "utt_ids": part["utt_id"].tolist()}
         (tmp / SHARD_META).write_text(json.dumps(meta))
-        if shard_dir.exists():
-            _remove_dir(shard_dir)
-        tmp.rename(shard_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return shard_dir
 
 
@@ -375,9 +369,7 @@ def _merge(shard_dirs: Sequence[Path], cache_dir: Path, fingerprint: str) -> Emb
             for p, base in zip(parts, np.cumsum([0] + [p[-1] for p in parts[:-1]]), strict=True)
         ]
     ).astype(np.int64)
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.", dir=cache_dir.parent))
-    try:
+    with atomic_dir(cache_dir, replace=True) as tmp:
         out = np.lib.format.open_memmap(
             tmp / EMBEDS_FILE, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), hidden)
         )
@@ -398,9 +390,6 @@ def _merge(shard_dirs: Sequence[Path], cache_dir: Path, fingerprint: str) -> Emb
             "sha256": {name: _sha256(tmp / name) for name in (EMBEDS_FILE, OFFSETS_FILE)},
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index))
-        tmp.rename(cache_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return EmbeddingCache(cache_dir, verify=False)
 
 
@@ -501,32 +490,21 @@ class SERDataset(Dataset):
 
 def collate_ser(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Right-pad prompts with the pad id and stack audio into the trainer's batch contract."""
-    batch_size = len(items)
-    longest = max(len(it["input_ids"]) for it in items)
-    input_ids = torch.full((batch_size, longest), int(items[0]["pad_id"]), dtype=torch.long)
-    attention_mask = torch.zeros((batch_size, longest), dtype=torch.long)
-    for b, it in enumerate(items):
-        n = len(it["input_ids"])
-        input_ids[b, :n] = it["input_ids"]
-        attention_mask[b, :n] = 1
+    ids = [it["input_ids"].long() for it in items]
     batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=int(items[0]["pad_id"])),
+        "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True),
         "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
         "strata": torch.tensor([it["stratum"] for it in items], dtype=torch.long),
         "genders": torch.tensor([it["gender"] for it in items], dtype=torch.long),
         "row": torch.tensor([it["row"] for it in items], dtype=torch.long),
     }
     if "audio_embeds" in items[0]:
-        longest_audio = max(len(it["audio_embeds"]) for it in items)
-        hidden = items[0]["audio_embeds"].shape[1]
-        embeds = torch.zeros((batch_size, longest_audio, hidden), dtype=torch.float32)
-        mask = torch.zeros((batch_size, longest_audio), dtype=torch.bool)
-        for b, it in enumerate(items):
-            n = len(it["audio_embeds"])
-            embeds[b, :n] = it["audio_embeds"]
-            mask[b, :n] = True
-        batch["audio_embeds"], batch["audio_mask"] = embeds, mask
+        embeds = [it["audio_embeds"].float() for it in items]
+        batch["audio_embeds"] = pad_sequence(embeds, batch_first=True)
+        batch["audio_mask"] = pad_sequence(
+            [torch.ones(len(e), dtype=torch.bool) for e in embeds], batch_first=True
+        )
     else:
         batch["input_features"] = torch.stack([it["input_features"] for it in items])
         batch["feature_attention_mask"] = torch.stack(

@@ -228,6 +228,80 @@ def paired_bootstrap_gap_test(
     }
 
 
+def _gap_key(metric: str) -> str:
+    key = metric if metric.startswith(("max_gap_", "gap_")) else f"max_gap_{metric}"
+    kind = key.removeprefix("max_gap_").removeprefix("gap_").split("/")[0]
+    if kind not in GAP_METRICS:
+        raise ValueError(f"unknown gap metric {metric!r}; expected one of {list(GAP_METRICS)}")
+    return key
+
+
+def shuffled_null(
+    y_true: Any,
+    y_pred: Any,
+    languages: Any,
+    genders: Any,
+    n_permutations: int = 200,
+    seed: int = 0,
+    labels: Any = None,
+) -> dict[str, np.ndarray]:
+    """Every gap of `ser_report` (gap_<m>/<l|all>, max_gap_<m>) under gender permuted within
+    each language, predictions and labels held fixed: arrays of shape (n_permutations,).
+
+    This is the gap a gender-blind model shows from finite cells alone (a gap is |·| of two
+    noisy rates, so it is positive even when predictions ignore gender). One argsort draws all
+    permutations: sorting `language + U(0, 1)` per row shuffles positions inside each language
+    block, and the block's genders are read through that order. Each cell keeps its size.
+    """
+    langs, k, cell, (t, p) = _cells(y_true, [y_pred], languages, genders, labels)
+    lang, gender = cell // len(GENDERS), cell % len(GENDERS)
+    rng = np.random.default_rng(seed)
+    block = np.argsort(lang, kind="stable")
+    order = np.argsort(lang[block] + rng.random((n_permutations, lang.size)), axis=1)
+    shuffled = np.empty((n_permutations, lang.size), dtype=np.int64)
+    shuffled[:, block] = gender[block][order]
+    n_codes = len(langs) * len(GENDERS) * k * k
+    code = ((lang * len(GENDERS) + shuffled) * k + t) * k + p
+    code += np.arange(n_permutations)[:, None] * n_codes
+    counts = np.bincount(code.ravel(), minlength=n_permutations * n_codes)
+    c = counts.reshape(n_permutations, len(langs), len(GENDERS), k, k)
+    return {key: v for key, v in report_from_confusion(c, langs).items() if "gap_" in key}
+
+
+def shuffled_null_gap(
+    y_true: Any,
+    y_pred: Any,
+    languages: Any,
+    genders: Any,
+    metric: str = "wf1",
+    n_permutations: int = 200,
+    seed: int = 0,
+    labels: Any = None,
+) -> dict[str, Any]:
+    """The gender-shuffled null of max_gap_<metric> (`shuffled_null`), summarised.
+
+    Returns `observed` (the real gap), `mean` and `p95` of the null (NaN permutations left
+    out), `p_value` = (1 + #{null ≥ observed}) / (1 + B), the permutation test of "the gap is
+    larger than a gender-blind model's", and `null`, the B values. `metric` is a gap kind
+    ("wf1") or a gap key ("max_gap_wf1", "gap_wf1/ja").
+    """
+    key = _gap_key(metric)
+    null = shuffled_null(y_true, y_pred, languages, genders, n_permutations, seed, labels)[key]
+    observed = ser_report(y_true, y_pred, languages, genders, labels)[key]
+    finite = null[np.isfinite(null)]
+    p_value = (1 + np.sum(finite >= observed)) / (1 + finite.size) if finite.size else np.nan
+    mean, p95 = null_summary(null)
+    return {"observed": observed, "mean": mean, "p95": p95, "p_value": float(p_value), "null": null}
+
+
+def null_summary(null: np.ndarray) -> tuple[float, float]:
+    """(mean, 95th percentile) of a null distribution's defined values; NaN when none are."""
+    finite = null[np.isfinite(null)]
+    if not finite.size:
+        return (float("nan"), float("nan"))
+    return (float(finite.mean()), float(np.percentile(finite, 95)))
+
+
 def mean_ci(values: Sequence[float], ci: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi) over seeds: mean ± t_{(1+ci)/2, n−1}·s/√n; NaN values are dropped, n = 1
     gives (v, v, v)."""

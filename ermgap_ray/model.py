@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from torch import nn
 
 from ermgap_ray.data.schema import EMOTIONS, MODALITIES, SAMPLE_RATE
 from ermgap_ray.errors import BackboneError
+from ermgap_ray.fs import atomic_dir, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,15 @@ LM_ATTENTION_TARGETS = (
 )
 """peft regex: the audio encoder also has q/k/v_proj (under `audio_tower`), so match by path."""
 FROZEN_PREFIXES: tuple[str, ...] = ("audio_tower", "multi_modal_projector")
-REQUIRED_FILES: tuple[str, ...] = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "preprocessor_config.json",
+TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (
+    ("tokenizer.json",),
+    ("vocab.json", "merges.txt"),
+    ("tokenizer.model",),
+    ("vocab.txt",),
 )
+"""Any one of these sets makes a loadable tokenizer (fast, BPE, sentencepiece, WordPiece)."""
 HOP_LENGTH = 160
+_MAX_SAFETENSORS_HEADER = 100 * 2**20
 
 _TINY_CORPUS: tuple[str, ...] = (
     "The speaker sounds calm and neutral about the plan for tomorrow.",
@@ -85,11 +87,6 @@ _TINY_CORPUS: tuple[str, ...] = (
     "Audio 1: Transcript: Which emotion? Answer with one word:",
     "user assistant system",
 )
-
-
-def cache_root() -> Path:
-    """Root of ermgap-ray's on-disk caches: `$ERMGAP_CACHE`, else `~/.cache/ermgap_ray`."""
-    return Path(os.environ.get("ERMGAP_CACHE") or Path.home() / ".cache" / "ermgap_ray")
 
 
 def default_backbone_dir() -> Path:
@@ -149,8 +146,74 @@ def label_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def _is_complete(path: Path) -> bool:
-    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be loaded, from its header alone, or None.
+
+    The format is an 8-byte little-endian header length N, N bytes of JSON giving each tensor's
+    `data_offsets` [begin, end) into the data that follows; the file must hold 8 + N + max(end)
+    bytes. Reading the header costs microseconds even for a 15 GB shard, where loading the
+    truncated file would fail minutes later with a long traceback.
+    """
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{file.name} is truncated ({size} bytes, not even a header)"
+        n = struct.unpack("<Q", head)[0]
+        if n > _MAX_SAFETENSORS_HEADER:
+            return f"{file.name} is not a safetensors file (header length {n})"
+        if 8 + n > size:
+            return f"{file.name} is truncated ({size} bytes, its header alone needs {8 + n})"
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return f"{file.name} is not a safetensors file (unreadable header)"
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        return f"{file.name} is truncated ({size} bytes, its header needs {need})"
+    return None
+
+
+def checkpoint_problem(path: Path | str) -> str | None:
+    """Why directory `path` is not a loadable Qwen2-Audio checkpoint, or None.
+
+    Cheap (no weights are read) and run before any work: config.json and its model_type,
+    a tokenizer (without one, transformers quietly builds an empty tokenizer), the
+    preprocessor config, the weights, and each safetensors file's size against its header.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return f"not a checkpoint directory (no config.json): {path}"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (UnicodeDecodeError, ValueError, AttributeError) as err:
+        return f"{config_file} is not valid JSON ({err})"
+    if model_type != "qwen2_audio":
+        return f"not a Qwen2-Audio checkpoint (model_type={model_type!r}): {path}"
+    if not any(all((path / f).is_file() for f in files) for files in TOKENIZER_FILES):
+        return f"{path} has no tokenizer (tokenizer.json / vocab files missing)"
+    if not (path / "preprocessor_config.json").is_file():
+        return f"{path} has no preprocessor_config.json (the audio feature extractor's settings)"
+    index = path / "model.safetensors.index.json"
+    weights = sorted(path.glob("*.safetensors"))
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index} is not a valid safetensors index"
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            return f"{path}: {index.name} lists {missing[0]}, which is missing"
+    elif not weights and not list(path.glob("*.bin")):
+        return f"{path} has no weights (model.safetensors or pytorch_model.bin)"
+    for file in weights:
+        problem = _safetensors_problem(file)
+        if problem:
+            return f"{path}: {problem}"
+    return None
 
 
 def _build_tokenizer() -> Any:
@@ -179,105 +242,136 @@ def _build_tokenizer() -> Any:
 
 
 def materialize_tiny_backbone(
-    out_dir: Path | str, seed: int = 0, max_source_positions: int = 200
+    out_dir: Path | str, seed: int = 0, max_source_positions: int = 200, repair: bool = False
 ) -> Path:
     """Write a tiny random-weight Qwen2-Audio checkpoint to `out_dir` (idempotent, atomic).
 
     The mel window is tied to the encoder: it needs exactly `2 * max_source_positions` frames,
     i.e. chunk_length = 2 * max_source_positions * hop / sr seconds (200 -> 4 s, 1500 -> 30 s).
-    Written to a temp dir and renamed, so concurrent processes never see half a checkpoint.
+    Staged in a folder beside `out_dir` and renamed (`fs.atomic_dir`), so concurrent processes
+    never see half a checkpoint and the first to finish wins. An existing `out_dir` that fails
+    `checkpoint_problem` is an error, or with `repair` (the default backbone in the cache) is set
+    aside and written again: its content is a function of the arguments.
     """
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists():
+        problem = checkpoint_problem(out_dir)
+        if problem is None:
+            return out_dir
+        if not repair:
+            raise BackboneError(
+                f"{out_dir} exists but is not a complete checkpoint ({problem}); remove it"
+            )
+        log.warning("damaged tiny backbone, materialising it again: %s", problem)
+        _set_aside(out_dir)
+    num_frames = 2 * max_source_positions
+    if (num_frames * HOP_LENGTH) % SAMPLE_RATE:
+        raise ValueError("2 * max_source_positions * 160 must be a whole number of seconds")
+    with atomic_dir(out_dir) as tmp:
+        _write_tiny_checkpoint(tmp, seed, max_source_positions)
+    return out_dir
+
+
+def _set_aside(path: Path) -> None:
+    """Rename a damaged folder out of the way, then delete it; a concurrent repairer may have
+    moved it already."""
+    trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_tiny_checkpoint(out: Path, seed: int, max_source_positions: int) -> None:
     from transformers import (
         Qwen2AudioConfig,
         Qwen2AudioForConditionalGeneration,
         WhisperFeatureExtractor,
     )
 
-    out_dir = Path(out_dir).expanduser()
-    if _is_complete(out_dir):
-        return out_dir
-    if out_dir.exists():
-        raise BackboneError(f"{out_dir} exists but is not a complete checkpoint; remove it")
     num_frames = 2 * max_source_positions
-    if (num_frames * HOP_LENGTH) % SAMPLE_RATE:
-        raise ValueError("2 * max_source_positions * 160 must be a whole number of seconds")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        tokenizer = _build_tokenizer()
-        vocab = -(-len(tokenizer) // 64) * 64
-        ids = tokenizer.convert_tokens_to_ids
-        config = Qwen2AudioConfig(
-            audio_config={
-                "model_type": "qwen2_audio_encoder",
-                "d_model": 64,
-                "encoder_layers": 2,
-                "encoder_attention_heads": 4,
-                "encoder_ffn_dim": 256,
-                "num_mel_bins": 80,
-                "max_source_positions": max_source_positions,
-            },
-            text_config={
-                "model_type": "qwen2",
-                "vocab_size": vocab,
-                "hidden_size": 64,
-                "intermediate_size": 256,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "max_position_embeddings": 2 * max_source_positions + 512,
-                "tie_word_embeddings": False,
-                "bos_token_id": ids("<|endoftext|>"),
-                "eos_token_id": ids("<|im_end|>"),
-                "pad_token_id": ids("<|endoftext|>"),
-            },
-            audio_token_index=ids(AUDIO_TOKEN),
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = Qwen2AudioForConditionalGeneration(config)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        WhisperFeatureExtractor(
-            feature_size=80,
-            sampling_rate=SAMPLE_RATE,
-            hop_length=HOP_LENGTH,
-            chunk_length=num_frames * HOP_LENGTH // SAMPLE_RATE,
-            return_attention_mask=True,
-        ).save_pretrained(tmp)
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if not _is_complete(out_dir):
-                raise
-            log.info("tiny backbone %s was materialised concurrently; using it", out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    tokenizer = _build_tokenizer()
+    vocab = -(-len(tokenizer) // 64) * 64
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2AudioConfig(
+        audio_config={
+            "model_type": "qwen2_audio_encoder",
+            "d_model": 64,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 256,
+            "num_mel_bins": 80,
+            "max_source_positions": max_source_positions,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": vocab,
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2 * max_source_positions + 512,
+            "tie_word_embeddings": False,
+            "bos_token_id": ids("<|endoftext|>"),
+            "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>"),
+        },
+        audio_token_index=ids(AUDIO_TOKEN),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2AudioForConditionalGeneration(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    WhisperFeatureExtractor(
+        feature_size=80,
+        sampling_rate=SAMPLE_RATE,
+        hop_length=HOP_LENGTH,
+        chunk_length=num_frames * HOP_LENGTH // SAMPLE_RATE,
+        return_attention_mask=True,
+    ).save_pretrained(out)
 
 
 def validate_backbone(path: Path | str) -> Path:
-    """Check that `path` is a Qwen2-Audio checkpoint dir; one-line BackboneError otherwise."""
+    """Check that `path` is a loadable Qwen2-Audio checkpoint dir; one-line BackboneError
+    otherwise (see `checkpoint_problem`)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise BackboneError(f"backbone path does not exist: {path}")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise BackboneError(f"not a checkpoint directory (no config.json): {path}")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "qwen2_audio":
-        raise BackboneError(f"not a Qwen2-Audio checkpoint (model_type={model_type!r}): {path}")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise BackboneError(problem)
     return path
+
+
+def audio_window_seconds(backbone_dir: Path | str) -> float:
+    """The longest audio the backbone's feature extractor keeps, in seconds (`n_samples` / sr).
+
+    Read from preprocessor_config.json without importing transformers: 4 s for the tiny
+    default, 30 s for Qwen2-Audio. Longer clips are cut to it.
+    """
+    config = json.loads((Path(backbone_dir) / "preprocessor_config.json").read_text())
+    rate = int(config.get("sampling_rate", SAMPLE_RATE))
+    samples = config.get("n_samples") or int(config.get("chunk_length", 30)) * rate
+    return int(samples) / rate
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates (LoRA's, with the backbone frozen)."""
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def resolve_backbone(spec: str | Path | None) -> Path:
     """A backbone spec to a validated local directory; never downloads.
 
-    None materialises the embedded tiny default; an existing path is validated; anything else is
-    looked up as a Hugging Face id in the local HF cache only.
+    None materialises the embedded tiny default (again, if a copy in the cache is damaged); an
+    existing path is validated; anything else is looked up as a Hugging Face id in the local HF
+    cache only.
     """
     if spec is None:
-        return validate_backbone(materialize_tiny_backbone(default_backbone_dir()))
+        return validate_backbone(materialize_tiny_backbone(default_backbone_dir(), repair=True))
     path = Path(spec).expanduser()
     if path.exists():
         return validate_backbone(path)
@@ -503,7 +597,7 @@ class SERModel(nn.Module):
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+        return trainable_parameters(self)
 
     def lora_module_names(self) -> list[str]:
         """Names of the modules that carry LoRA weights (for checks and reports)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from ermgap_ray.config import TrialConfig
 from ermgap_ray.metrics import mean_ci
+from ermgap_ray.registry import REFERENCE_FAMILIES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -220,6 +221,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
+_SHOWN_OPS = {"<=": "≤", ">=": "≥", "<": "<", ">": ">"}
 _CONSTRAINT = re.compile(r"^\s*(?P<metric>[^\s<>=]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[^<>=]+?)\s*$")
 
 
@@ -254,19 +256,63 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[ok]
 
 
+def reference_mask(df: pd.DataFrame) -> np.ndarray:
+    """Rows that are references, never candidates: a REFERENCE_FAMILIES family or untrained
+    (epochs == 0). An untrained backbone is "fair" only because it is equally bad for all."""
+    ref = np.zeros(len(df), dtype=bool)
+    if "family" in df.columns:
+        ref |= df["family"].isin(REFERENCE_FAMILIES).to_numpy(dtype=bool)
+    if "epochs" in df.columns:
+        ref |= df["epochs"].to_numpy(dtype=float, na_value=np.nan) == 0
+    return ref
+
+
+def pts(col: str, value: float) -> str:
+    """A metric value as printed: percentage points (DESIGN.md), except nats and λ."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    raw = "loss" in col or col.endswith("lambda")
+    return f"{value:.3g}" if raw else f"{100 * value:.1f}"
+
+
+def _unit(col: str) -> str:
+    return "" if "loss" in col or col.endswith("lambda") else " pts"
+
+
+def describe_bounds(bounds: Sequence[tuple[str, str, float]], cols: Sequence[str] = ()) -> str:
+    """`dev/max_gap_wf1 ≤ 2 pts and dev/wf1 ≥ 50 pts`: parsed bounds, shown in points."""
+    names = list(cols) or [m for m, _, _ in bounds]
+    out = []
+    for (_, op, b), col in zip(bounds, names, strict=True):
+        value = f"{b:g}" if not _unit(col) else f"{100 * b:.6g}"
+        out.append(f"{col} {_SHOWN_OPS[op]} {value}{_unit(col)}")
+    return " and ".join(out)
+
+
 @dataclass
 class OperatingPoint:
-    """The chosen deployment configuration; `to_dict()` is plain JSON."""
+    """The chosen deployment configuration; `to_dict()` is plain JSON.
+
+    Metric values are fractions, as in trials.parquet (`units`); `reason` is the human
+    summary and prints them in percentage points. `constraints` are the bounds checked
+    (`constraint` joins them), `rule` says how seeds were used, `nearest` lists the closest
+    configurations when none qualifies, `references` the excluded untrained ones.
+    """
 
     feasible: bool
     reason: str
     constraint: str
     objective: str
     split: str
+    constraints: list[str] = field(default_factory=list)
+    rule: str = ""
+    units: str = "fraction"
+    bounds_source: str = ""
     group_hash: str | None = None
     family: str | None = None
     modality: str | None = None
     n_seeds: int = 0
+    n_candidates: int = 0
     objective_mean: float = math.nan
     objective_lo: float = math.nan
     objective_hi: float = math.nan
@@ -277,6 +323,8 @@ class OperatingPoint:
     adapter_paths: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     runners_up: list[dict[str, Any]] = field(default_factory=list)
+    nearest: list[dict[str, Any]] = field(default_factory=list)
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(v: Any) -> Any:
@@ -291,89 +339,178 @@ class OperatingPoint:
         return clean(asdict(self))
 
 
+def seed_rule(ci: float = 0.95) -> str:
+    """How `select_operating_point` uses seeds; printed and stored with every selection."""
+    return (
+        f"a bound holds when the pessimistic end of the {ci:.0%} Student-t CI over seeds "
+        "satisfies it (upper end for <=, lower end for >=); a configuration with 1 seed has no "
+        "CI and is checked on its single value (the mean)"
+    )
+
+
 def select_operating_point(
     df: pd.DataFrame,
-    constraint: str = "max_gap_wf1<=0.02",
+    constraint: str | Sequence[str] = "max_gap_wf1<=0.02",
     objective: str = "wf1",
     split: str = "dev",
     maximize: bool = True,
     ci: float = 0.95,
     runners_up: int = 3,
+    nearest: int = 3,
 ) -> OperatingPoint:
-    """Best mean `objective` among configurations whose CI over seeds satisfies `constraint`.
+    """Best mean `objective` among trained configurations whose seeds satisfy every bound.
 
-    Final rows are aggregated per group_hash (`aggregate_seeds`). A configuration is feasible
-    when the pessimistic CI end satisfies the bound: the upper end for `<`/`<=`, the lower end
-    for `>`/`>=`, so a lucky seed cannot buy feasibility. Ties go to the safer constraint value,
-    then the group hash. When none qualifies, the closest candidate is named in `reason`.
+    `constraint` is one bound or several (e.g. a gap bound and a W-F1 floor `wf1>=0.5`), in
+    fractions. Final rows are aggregated per group_hash (`aggregate_seeds`); references
+    (`reference_mask`) are reported but never chosen. A bound holds on the pessimistic CI end
+    (`seed_rule`), so a lucky seed cannot buy feasibility. Ties go to the safer value of the
+    first bound, then the group hash. When none qualifies, `nearest` lists the configurations
+    with the smallest total violation (summed over bounds, in the metrics' units).
     """
-    metric, op, bound = parse_constraint(constraint)
+    texts = [constraint] if isinstance(constraint, str) else list(constraint)
+    if not texts:
+        raise ValueError("select_operating_point needs at least one bound")
+    bounds = [parse_constraint(t) for t in texts]
+    c_cols = [metric_column(df, m, split) for m, _, _ in bounds]
+    o_col = metric_column(df, objective, split)
+    rule = seed_rule(ci)
+    base = OperatingPoint(False, "", " and ".join(texts), o_col, split, texts, rule)
     rows = final_rows(df)
-    c_col, o_col = metric_column(df, metric, split), metric_column(df, objective, split)
-    base = OperatingPoint(False, "", constraint, o_col, split)
-    if rows.empty:
-        base.reason = "no finished trials (no TERMINATED final rows)"
+    refs = rows[reference_mask(rows)]
+    cands = rows[~reference_mask(rows)]
+    metrics = list(dict.fromkeys([o_col, *c_cols]))
+    if len(refs):
+        ref_agg = aggregate_seeds(refs, metrics, ci=ci)
+        base.references = [_summary(r, o_col, c_cols, bounds) for _, r in ref_agg.iterrows()]
+    ref_note = _reference_note(base.references, o_col, c_cols[0])
+    if cands.empty:
+        base.reason = "no finished trained configuration (no TERMINATED final rows)" + ref_note
         return base
-    agg = aggregate_seeds(rows, [o_col, c_col], ci=ci)
-    upper = op in ("<", "<=")
-    pessimistic = agg[f"{c_col}_hi" if upper else f"{c_col}_lo"].to_numpy(float)
-    feasible = np.array([_OPS[op](v, bound) for v in pessimistic]) & ~np.isnan(pessimistic)
-    sign = -1.0 if maximize else 1.0
-    agg = agg.assign(_feasible=feasible, _key=sign * agg[f"{o_col}_mean"], _pess=pessimistic)
-    safer = "_pess" if upper else "_neg_pess"
-    agg["_neg_pess"] = -agg["_pess"]
-    ranked = agg[agg["_feasible"]].sort_values(["_key", safer, "group_hash"], na_position="last")
-
-    def summary(r: Any) -> dict[str, Any]:
-        return {
-            "group_hash": r["group_hash"],
-            "family": r.get("family"),
-            "modality": r.get("modality"),
-            "n_seeds": int(r["n"]),
-            "objective_mean": float(r[f"{o_col}_mean"]),
-            "constraint_mean": float(r[f"{c_col}_mean"]),
-            "constraint_bound_used": float(r["_pess"]),
-        }
-
-    end = "upper" if upper else "lower"
-    if ranked.empty:
-        closest = agg.sort_values([safer, "group_hash"], na_position="last").iloc[0]
-        base.reason = (
-            f"no configuration satisfies {constraint} on the {end} {ci:.0%} CI end of {c_col}; "
-            f"closest: {closest['group_hash']} ({closest.get('family')}, "
-            f"{closest.get('modality')}) with {c_col} {end} end {closest['_pess']:.4f} "
-            f"(mean {closest[f'{c_col}_mean']:.4f}), {o_col} {closest[f'{o_col}_mean']:.4f}"
+    agg = aggregate_seeds(cands, metrics, ci=ci)
+    violation = np.zeros(len(agg))
+    feasible = np.ones(len(agg), dtype=bool)
+    for (_, op, bound), col in zip(bounds, c_cols, strict=True):
+        upper = op in ("<", "<=")
+        end = agg[f"{col}_hi" if upper else f"{col}_lo"].to_numpy(float)
+        feasible &= ~np.isnan(end) & np.array([_OPS[op](v, bound) for v in end])
+        violation += np.nan_to_num(
+            np.maximum(0.0, (end - bound) if upper else (bound - end)), nan=np.inf
         )
-        base.runners_up = [summary(closest)]
+    first_op = bounds[0][1]
+    first_end = f"{c_cols[0]}_hi" if first_op in ("<", "<=") else f"{c_cols[0]}_lo"
+    safer = agg[first_end] * (1.0 if first_op in ("<", "<=") else -1.0)
+    sign = -1.0 if maximize else 1.0
+    agg = agg.assign(
+        _feasible=feasible, _key=sign * agg[f"{o_col}_mean"], _safer=safer, _violation=violation
+    )
+    base.n_candidates = len(agg)
+    shown = describe_bounds(bounds, c_cols)
+    ranked = agg[agg["_feasible"]].sort_values(["_key", "_safer", "group_hash"])
+    if ranked.empty:
+        close = agg.sort_values(["_violation", "_key", "group_hash"]).head(nearest)
+        base.nearest = [_summary(r, o_col, c_cols, bounds) for _, r in close.iterrows()]
+        base.runners_up = base.nearest[:1]
+        base.reason = (
+            f"no configuration of {len(agg)} satisfies {shown}; closest: "
+            + "; ".join(describe_config(s, o_col) for s in base.nearest)
+            + ref_note
+        )
         return base
     best = ranked.iloc[0]
     chosen = rows[rows["group_hash"] == best["group_hash"]].sort_values("trial_id")
     config_cols = [c for c in TrialConfig.field_names() if c in chosen.columns and c != "seed"]
     paths = chosen["adapter_path"].dropna() if "adapter_path" in chosen.columns else []
+    head = _summary(best, o_col, c_cols, bounds)
+    reason = (
+        f"chosen: {describe_config(head, o_col)}; best mean {o_col} among {len(ranked)} of "
+        f"{len(agg)} trained configurations satisfying {shown}" + ref_note
+    )
+    c0 = c_cols[0]
     return OperatingPoint(
         feasible=True,
-        reason=(
-            f"{best['group_hash']} ({best.get('family')}, {best.get('modality')}, "
-            f"{int(best['n'])} seeds): best mean {o_col} = {best[f'{o_col}_mean']:.4f} "
-            f"[{best[f'{o_col}_lo']:.4f}, {best[f'{o_col}_hi']:.4f}] among {len(ranked)} of "
-            f"{len(agg)} configurations whose {end} {ci:.0%} CI end of {c_col} "
-            f"({best['_pess']:.4f}) satisfies {op} {bound:g}"
-        ),
-        constraint=constraint,
+        reason=reason,
+        constraint=base.constraint,
         objective=o_col,
         split=split,
+        constraints=texts,
+        rule=rule,
         group_hash=str(best["group_hash"]),
         family=best.get("family"),
         modality=best.get("modality"),
         n_seeds=int(best["n"]),
+        n_candidates=len(agg),
         objective_mean=float(best[f"{o_col}_mean"]),
         objective_lo=float(best[f"{o_col}_lo"]),
         objective_hi=float(best[f"{o_col}_hi"]),
-        constraint_mean=float(best[f"{c_col}_mean"]),
-        constraint_lo=float(best[f"{c_col}_lo"]),
-        constraint_hi=float(best[f"{c_col}_hi"]),
+        constraint_mean=float(best[f"{c0}_mean"]),
+        constraint_lo=float(best[f"{c0}_lo"]),
+        constraint_hi=float(best[f"{c0}_hi"]),
         trial_ids=[str(t) for t in chosen["trial_id"]],
         adapter_paths=[str(p) for p in paths],
         config={c: chosen[c].iloc[0] for c in config_cols},
-        runners_up=[summary(r) for _, r in ranked.iloc[1 : 1 + runners_up].iterrows()],
+        runners_up=[
+            _summary(r, o_col, c_cols, bounds)
+            for _, r in ranked.iloc[1 : 1 + runners_up].iterrows()
+        ],
+        references=base.references,
     )
+
+
+def _summary(
+    r: Any, o_col: str, c_cols: list[str], bounds: list[tuple[str, str, float]]
+) -> dict[str, Any]:
+    """One configuration as JSON (fractions): the objective and each bound's checked end."""
+    n = int(r["n"])
+    checked = {}
+    for (_, op, bound), col in zip(bounds, c_cols, strict=True):
+        end = "hi" if op in ("<", "<=") else "lo"
+        checked[col] = {
+            "mean": float(r[f"{col}_mean"]),
+            "checked": float(r[f"{col}_{end}"]),
+            "checked_on": "mean (1 seed)"
+            if n == 1
+            else f"CI {'upper' if end == 'hi' else 'lower'}",
+            "bound": f"{op}{bound:g}",
+            "satisfied": bool(_OPS[op](float(r[f"{col}_{end}"]), bound)),
+        }
+    return {
+        "group_hash": str(r["group_hash"]),
+        "family": r.get("family"),
+        "modality": r.get("modality"),
+        "n_seeds": n,
+        "objective_mean": float(r[f"{o_col}_mean"]),
+        "objective_lo": float(r[f"{o_col}_lo"]),
+        "objective_hi": float(r[f"{o_col}_hi"]),
+        "constraints": checked,
+        "constraint_bound_used": float(next(iter(checked.values()))["checked"]),
+    }
+
+
+def describe_config(s: dict[str, Any], o_col: str) -> str:
+    """One summary (chosen, runner-up, nearest), every number in percentage points:
+    `hash (family, modality, n seeds): wf1 61.2 [60.1, 62.3] pts, max_gap_wf1 CI upper end 2.4
+    (mean 1.9) pts`; a bound it misses is marked ✗."""
+    parts = [
+        f"{o_col} {pts(o_col, s['objective_mean'])} "
+        f"[{pts(o_col, s['objective_lo'])}, {pts(o_col, s['objective_hi'])}]{_unit(o_col)}"
+    ]
+    for col, c in s["constraints"].items():
+        mark = "" if c["satisfied"] else " ✗"
+        on = "(1 seed, no CI)" if c["checked_on"].startswith("mean") else c["checked_on"] + " end"
+        parts.append(
+            f"{col} {on} {pts(col, c['checked'])} (mean {pts(col, c['mean'])}){_unit(col)}{mark}"
+        )
+    n = s["n_seeds"]
+    head = f"{s['group_hash']} ({s['family']}, {s['modality']}, {n} seed{'s' * (n != 1)})"
+    return f"{head}: " + ", ".join(parts)
+
+
+def _reference_note(refs: list[dict[str, Any]], o_col: str, c_col: str) -> str:
+    if not refs:
+        return ""
+    shown = ", ".join(
+        f"{r['family']}/{r['modality']} ({o_col} {pts(o_col, r['objective_mean'])}, "
+        f"{c_col} {pts(c_col, r['constraints'][c_col]['mean'])}{_unit(c_col)})"
+        for r in refs
+    )
+    return f" [references, never candidates: {shown}]"

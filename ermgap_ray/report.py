@@ -9,7 +9,6 @@ this module touches no global backend or pyplot state.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,9 +19,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import stats
+from matplotlib.patches import Patch
 
+from ermgap_ray.compare import paired_delta, seed_pairs
 from ermgap_ray.data.schema import LANGUAGES, MODALITIES
+from ermgap_ray.metrics import null_summary, shuffled_null
 from ermgap_ray.pareto import (
     OperatingPoint,
     aggregate_seeds,
@@ -33,42 +34,17 @@ from ermgap_ray.pareto import (
     seed_aware_pareto_mask,
     select_operating_point,
 )
-
-FAMILIES: tuple[str, ...] = (
-    "zero-shot",
-    "erm",
-    "fixed-p1",
-    "fixed-p2",
-    "adaptive-p1",
-    "adaptive-p2",
-    "groupdro",
-    "meangap",
-    "search",
+from ermgap_ray.registry import (
+    BASELINE_FAMILY,
+    FAMILIES,
+    FAMILY_LABELS,
+    GAP_KINDS,
+    METRIC_LABELS,
+    REFERENCE_FAMILIES,
+    family_style,
 )
-FAMILY_STYLE: dict[str, tuple[str, str]] = {
-    "zero-shot": ("#7f7f7f", "X"),
-    "erm": ("#000000", "o"),
-    "fixed-p1": ("#1f77b4", "s"),
-    "fixed-p2": ("#17becf", "D"),
-    "adaptive-p1": ("#d62728", "^"),
-    "adaptive-p2": ("#ff7f0e", "v"),
-    "groupdro": ("#2ca02c", "P"),
-    "meangap": ("#9467bd", "h"),
-    "search": ("#8c564b", "o"),
-}
-FAMILY_LABELS: dict[str, str] = {
-    "zero-shot": "Zero-shot",
-    "erm": "ERM",
-    "fixed-p1": "Fixed λ, p=1",
-    "fixed-p2": "Fixed λ, p=2",
-    "adaptive-p1": "Adaptive λ, p=1",
-    "adaptive-p2": "Adaptive λ, p=2",
-    "groupdro": "Group DRO",
-    "meangap": "Mean-gap",
-    "search": "Search",
-}
-METRIC_LABELS = {"wf1": "W-F1", "acc": "ACC", "tpr": "TPR", "fpr": "FPR", "avg": "AVG"}
-GAP_KINDS: tuple[str, ...] = ("tpr", "fpr", "wf1", "acc", "avg")
+from ermgap_ray.results import DEFAULT_OBJECTIVES, SweepManifest, load_trials, read_manifest
+
 _RC = {
     "font.size": 7.5,
     "axes.titlesize": 8,
@@ -78,10 +54,9 @@ _RC = {
     "ytick.labelsize": 7,
     "axes.linewidth": 0.6,
 }
-
-
-def _style(family: str) -> tuple[str, str]:
-    return FAMILY_STYLE.get(family, ("#bcbd22", "o"))
+NULL_PERMUTATIONS = 200
+NULL_COLOR = "0.88"
+MAX_GAPS: tuple[str, ...] = tuple(f"max_gap_{m}" for m in GAP_KINDS)
 
 
 def _order(values: pd.Series, known: Sequence[str]) -> pd.Series:
@@ -89,25 +64,92 @@ def _order(values: pd.Series, known: Sequence[str]) -> pd.Series:
     return values.map(lambda v: rank.get(v, len(rank)))
 
 
-def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """trials.parquet (with `is_final` as bool) and sweep.json ({} when absent).
+def is_reference(rows: pd.DataFrame) -> pd.Series:
+    """References (zero-shot, any 0-epoch model) are near chance and so "fair" for free: shown,
+    never bold, never "fairest"."""
+    ref = rows["family"].isin(REFERENCE_FAMILIES)
+    if "epochs" in rows.columns:
+        ref |= pd.to_numeric(rows["epochs"], errors="coerce").eq(0)
+    return ref
+
+
+def load_run(run_dir: str | Path) -> tuple[pd.DataFrame, SweepManifest | None]:
+    """results.load_trials (is_final as bool) and results.read_manifest (None without sweep.json).
 
     Raises FileNotFoundError / ValueError with a one-line message for a missing or empty run.
     """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"run directory not found: {path}")
-    trials = path / "trials.parquet"
-    if not trials.is_file():
-        raise FileNotFoundError(f"no trials.parquet in {path} (not a sweep results directory?)")
-    with open(trials, "rb") as handle:  # one handle: see results.read_parquet_once
-        df = pd.read_parquet(handle)
-    if df.empty:
-        raise ValueError(f"{trials} has no rows (no trial has reported yet)")
-    df["is_final"] = df["is_final"].fillna(False).astype(bool)
-    sweep_json = path / "sweep.json"
-    sweep = json.loads(sweep_json.read_text()) if sweep_json.is_file() else {}
-    return df, sweep
+    return load_trials(run_dir), read_manifest(run_dir, missing_ok=True)
+
+
+def _load_predictions(row: pd.Series, run_dir: Path | None) -> dict[str, np.ndarray] | None:
+    candidates = []
+    if isinstance(row.get("predictions_path"), str):
+        path = Path(row["predictions_path"])
+        candidates.append(path if path.is_absolute() or run_dir is None else run_dir / path)
+    if run_dir is not None:
+        candidates.append(run_dir / "predictions" / f"{row['trial_id']}.npz")
+    for path in candidates:
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in ("y_true", "y_pred", "languages", "genders")}
+    return None
+
+
+def null_column(key: str, split: str, p95: bool = False) -> str:
+    """`test/null_max_gap_wf1` (mean of the gender-shuffled null) or `..._p95`."""
+    return f"{split}/null_{key}" + ("_p95" if p95 else "")
+
+
+def with_null_columns(
+    df: pd.DataFrame,
+    split: str = "test",
+    keys: Sequence[str] = MAX_GAPS,
+    run_dir: str | Path | None = None,
+    n_permutations: int = NULL_PERMUTATIONS,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A copy of `df` with `<split>/null_<key>` and `<split>/null_<key>_p95` for each gap key.
+
+    Values the training loop logged are kept. A final row missing one gets it from its trial's
+    predictions npz (`predictions_path`, else RUN_DIR/predictions/<trial_id>.npz) through
+    metrics.shuffled_null; those hold test predictions, so only `split="test"` is filled.
+    Anything else stays NaN.
+    """
+    out = df.copy()
+    cols = [null_column(k, split, p95) for k in keys for p95 in (False, True)]
+    for col in cols:
+        if col not in out.columns:
+            out[col] = math.nan
+    if split != "test":
+        return out
+    run_path = Path(run_dir) if run_dir is not None else None
+    final = final_rows(out)
+    for i in final.index[final[cols].isna().any(axis=1)]:
+        pred = _load_predictions(out.loc[i], run_path)
+        if pred is None:
+            continue
+        null = shuffled_null(
+            pred["y_true"], pred["y_pred"], pred["languages"], pred["genders"], n_permutations, seed
+        )
+        for key in keys:
+            for col, value in zip(
+                (null_column(key, split), null_column(key, split, True)),
+                null_summary(null[key]),
+                strict=True,
+            ):
+                if pd.isna(out.at[i, col]):
+                    out.at[i, col] = value
+    return out
+
+
+def _null_split(df: pd.DataFrame, keys: Sequence[str], split: str) -> str:
+    """The split whose gender-shuffled null goes under `split`'s gaps: its own when logged,
+    else test (the predictions npz are test predictions; the null depends mostly on the cell
+    sizes, which the splits share by construction)."""
+    logged = [null_column(k, split) for k in keys]
+    if any(c in df.columns and df[c].notna().any() for c in logged):
+        return split
+    return "test"
 
 
 def pareto_frame(
@@ -117,13 +159,17 @@ def pareto_frame(
     utility: str = "wf1",
     by_language: bool = False,
     ci: float = 0.95,
+    run_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """What `plot_pareto` draws: one panel per modality (or per language with `by_language`).
 
     `kind="config"` rows are configurations (group_hash) with mean and t-CI over seeds, the
     means' Pareto flag `on_front` (max utility, min gap) and the CI-aware `ci_front`
-    (pareto.seed_aware_pareto_mask); `kind="trial"` rows are single finished trials. By language
-    the gap is `gap_<m>/<lang>` and the utility `<utility>/<lang>`. Values in percentage points.
+    (pareto.seed_aware_pareto_mask); `kind="trial"` rows are single finished trials. One
+    `kind="null"` row per panel, when a gender-shuffled null is known (`with_null_columns`),
+    holds its mean over the trained (non-reference) trials in `gap` and its 95th percentile in
+    `gap_hi`; `gap_metric` names the null column (a test column under a dev figure says so).
+    By language the gap is `gap_<m>/<lang>` and the utility `<utility>/<lang>`. Values in pp.
     """
     rows = final_rows(df)
     if by_language:
@@ -134,6 +180,12 @@ def pareto_frame(
     else:
         present = list(dict.fromkeys([*MODALITIES, *rows["modality"].dropna().unique()]))
         panels = [(m, rows[rows["modality"] == m], gap, utility) for m in present]
+    keys = list(
+        dict.fromkeys(g.split("/", 1)[1] if g.startswith(f"{split}/") else g for *_, g, _ in panels)
+    )
+    null_split = _null_split(df, keys, split)
+    nulls = final_rows(with_null_columns(df, null_split, keys, run_dir))
+    nulls = nulls[~is_reference(nulls)]
     parts = []
     for panel, sub, g, u in panels:
         g_col, u_col = metric_column(df, g, split), metric_column(df, u, split)
@@ -159,6 +211,7 @@ def pareto_frame(
                 "gap_hi": (100 * agg[f"{g_col}_hi"]).clip(0, 100),
                 "on_front": pareto_mask(means, [True, False]),
                 "ci_front": seed_aware_pareto_mask(agg, [u_col, g_col], [True, False]),
+                "gap_metric": g_col,
             }
         )
         trials = pd.DataFrame(
@@ -178,21 +231,45 @@ def pareto_frame(
                 "gap_hi": math.nan,
                 "on_front": False,
                 "ci_front": False,
+                "gap_metric": g_col,
+            }
+        )
+        key = g_col.split("/", 1)[1]
+        n_col, p95_col = null_column(key, null_split), null_column(key, null_split, True)
+        known = nulls.loc[nulls.index.intersection(sub.index), [n_col, p95_col]].dropna()
+        null = pd.DataFrame(
+            {
+                "panel": [panel],
+                "kind": "null",
+                "group_hash": "",
+                "trial_id": "",
+                "family": "",
+                "modality": sub["modality"].iloc[0] if not by_language else "",
+                "n": len(known),
+                "utility": math.nan,
+                "utility_lo": math.nan,
+                "utility_hi": math.nan,
+                "gap": 100 * known[n_col].mean(),
+                "gap_lo": 0.0,
+                "gap_hi": 100 * known[p95_col].mean(),
+                "on_front": False,
+                "ci_front": False,
+                "gap_metric": n_col,
             }
         )
         parts += [
-            config.assign(utility_metric=u_col, gap_metric=g_col),
-            trials.assign(utility_metric=u_col, gap_metric=g_col),
+            frame.assign(utility_metric=u_col)
+            for frame in (config, trials, null[:1] if len(known) else null[:0])
         ]
     if not parts:
         raise ValueError("no finished trials to plot (no TERMINATED final rows)")
-    frame = pd.concat(parts, ignore_index=True)
-    keys = frame.assign(
+    frame = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    ranks = frame.assign(
         _p=_order(frame["panel"], [*MODALITIES, *LANGUAGES]),
-        _k=(frame["kind"] == "trial").astype(int),
+        _k=frame["kind"].map({"config": 0, "trial": 1, "null": 2}),
         _f=_order(frame["family"], FAMILIES),
     )
-    order = keys.sort_values(["_p", "_k", "_f", "modality", "group_hash", "trial_id"]).index
+    order = ranks.sort_values(["_p", "_k", "_f", "modality", "group_hash", "trial_id"]).index
     return frame.loc[order].reset_index(drop=True)
 
 
@@ -211,8 +288,11 @@ def _axis_label(column: str, unit: str) -> str:
 
 def _draw_panel(ax: Any, sub: pd.DataFrame, operating_point: OperatingPoint | None) -> None:
     trials, configs = sub[sub["kind"] == "trial"], sub[sub["kind"] == "config"]
+    for _, r in sub[sub["kind"] == "null"].iterrows():
+        ax.axvspan(0, r["gap_hi"], color=NULL_COLOR, alpha=0.6, lw=0, zorder=0)
+        ax.axvline(r["gap"], color="0.55", lw=0.7, ls=":", zorder=0)
     for family, t in trials.groupby("family", sort=False):
-        color, marker = _style(family)
+        color, marker = family_style(family)
         ax.scatter(
             t["gap"],
             t["utility"],
@@ -229,7 +309,7 @@ def _draw_panel(ax: Any, sub: pd.DataFrame, operating_point: OperatingPoint | No
             front["gap"], front["utility"], where="post", color="0.35", lw=0.8, ls="--", zorder=2
         )
     for _, r in configs.iterrows():
-        color, marker = _style(r["family"])
+        color, marker = family_style(r["family"])
         ax.errorbar(
             r["gap"],
             r["utility"],
@@ -278,13 +358,16 @@ def plot_pareto(
     panel_size: tuple[float, float] = (3.4, 2.5),
 ) -> Figure:
     """Utility (y) vs worst-language gap (x) per panel: faint trials, configuration means with
-    CI whiskers on both axes, the means' front as a step line, the operating point as a star.
+    CI whiskers on both axes, the means' front as a step line, the operating point as a star,
+    and the gender-shuffled null as a grey band from 0 to its 95th percentile (dotted: its mean):
+    gaps inside it are what a gender-blind model shows from finite cells alone.
 
     Hollow markers are audio+text. The legend sits below the panels so it never covers data.
     """
     panels = list(dict.fromkeys(frame["panel"]))
-    families = [f for f in FAMILIES if f in set(frame["family"])]
-    families += sorted(set(frame["family"]) - set(families))
+    drawn = set(frame.loc[frame["kind"] != "null", "family"])
+    families = [f for f in FAMILIES if f in drawn]
+    families += sorted(drawn - set(families))
     with matplotlib.rc_context(_RC):
         ncol = 3 if len(panels) == 1 else min(6, 3 * len(panels))
         rows_legend = math.ceil((len(families) + 3) / ncol)
@@ -304,13 +387,23 @@ def plot_pareto(
                 [],
                 [],
                 ls="",
-                marker=_style(f)[1],
-                color=_style(f)[0],
+                marker=family_style(f)[1],
+                color=family_style(f)[0],
                 ms=4,
                 label=FAMILY_LABELS.get(f, f),
             )
             for f in families
         ]
+        nulls = frame[frame["kind"] == "null"]
+        if len(nulls):
+            own = (
+                nulls["gap_metric"].str.split("/").str[0]
+                == frame["gap_metric"].iloc[0].split("/")[0]
+            ).all()
+            where = "" if own else f" ({nulls['gap_metric'].iloc[0].split('/')[0]} split)"
+            handles.append(
+                Patch(color=NULL_COLOR, alpha=0.6, lw=0, label=f"shuffled-gender null{where}")
+            )
         handles += [
             Line2D([], [], color="0.35", lw=0.8, ls="--", label="Pareto front"),
             Line2D([], [], ls="", marker="o", color="0.5", alpha=0.3, ms=3, label="single trial"),
@@ -357,10 +450,11 @@ def plot_pareto(
 
 def _zoom_past_zero_shot(axes: Sequence[Any], panels: Sequence[str], frame: pd.DataFrame) -> None:
     """The untrained backbone sits far below every trained model; scaling the shared y-axis to
-    the trained ones keeps their trade-off readable, and off-scale zero-shot means are named in
+    the trained ones keeps their trade-off readable, and off-scale reference means are named in
     the empty lower-right (high gap, low utility) corner instead."""
-    trained = frame[frame["family"] != "zero-shot"]
-    zero = frame[(frame["family"] == "zero-shot") & (frame["kind"] == "config")]
+    drawn = frame[frame["kind"] != "null"]
+    trained = drawn[~drawn["family"].isin(REFERENCE_FAMILIES)]
+    zero = drawn[drawn["family"].isin(REFERENCE_FAMILIES) & (drawn["kind"] == "config")]
     if trained.empty or zero.empty:
         return
     lo = np.nanmin(np.r_[trained["utility_lo"], trained["utility"]])
@@ -484,138 +578,70 @@ def _variants(rows: pd.DataFrame) -> dict[str, str]:
     return labels
 
 
-def _load_predictions(row: pd.Series, run_dir: Path | None) -> dict[str, np.ndarray] | None:
-    candidates = []
-    if isinstance(row.get("predictions_path"), str):
-        path = Path(row["predictions_path"])
-        candidates.append(path if path.is_absolute() or run_dir is None else run_dir / path)
-    if run_dir is not None:
-        candidates.append(run_dir / "predictions" / f"{row['trial_id']}.npz")
-    for path in candidates:
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in ("y_true", "y_pred", "languages", "genders")}
-    return None
-
-
-def welch_less(a: Any, b: Any) -> float:
-    """One-sided Welch t-test p-value for mean(a) < mean(b), over seeds.
-
-    t = (ā − b̄) / sqrt(s_a²/n_a + s_b²/n_b) with Welch–Satterthwaite degrees of freedom. Written
-    out so identical seeds (zero-shot: zero variance) need no special casing; NaN when either
-    side has fewer than two values or both have zero variance.
-    """
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if min(len(a), len(b)) < 2:
-        return math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    if va + vb == 0:
-        return math.nan
-    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    return float(stats.t.cdf(t, dof))
-
-
-def _paired_p(method: pd.DataFrame, erm: pd.DataFrame, gap: str, run_dir: Path | None) -> float:
-    """Largest one-sided paired-bootstrap p over seed-matched (ERM, method) pairs, or NaN when
-    any pair lacks predictions. The maximum is the intersection-union test: every seed pair
-    must show the reduction on the same test utterances.
-    """
-    pairs = []
-    for seed, b_row in method.set_index("seed").iterrows():
-        a_rows = erm[erm["seed"] == seed]
-        a = _load_predictions(a_rows.iloc[0], run_dir) if len(a_rows) else None
-        b = _load_predictions(b_row, run_dir) if a is not None else None
-        if a is None or b is None or not np.array_equal(a["y_true"], b["y_true"]):
-            return math.nan
-        pairs.append((a, b))
-    if not pairs:
-        return math.nan
-    from ermgap_ray.metrics import paired_bootstrap_gap_test
-
-    return max(
-        float(
-            paired_bootstrap_gap_test(
-                a["y_true"], a["y_pred"], b["y_pred"], a["languages"], a["genders"], metric=gap
-            )["p_value"]
-        )
-        for a, b in pairs
-    )
-
-
 def ablation_frame(
     df: pd.DataFrame,
     split: str = "test",
     gap: str = "max_gap_wf1",
     ci: float = 0.95,
     run_dir: str | Path | None = None,
+    baseline: str = BASELINE_FAMILY,
 ) -> pd.DataFrame:
     """The ablation table's numbers: one row per configuration, ordered modality x family.
 
-    Per metric `<m>` (mean, pp) and `<m>_pm` (t-CI half-width over seeds, pp). `delta` is
-    ERM's mean `gap` minus the row's, in points (positive = smaller gap than ERM of the same
-    modality); `p_value` is one-sided for "the row's gap is smaller". With per-trial predictions
-    (`predictions_path` column or `RUN_DIR/predictions/<trial_id>.npz`) it is the paired
-    bootstrap (metrics.paired_bootstrap_gap_test) over seed-matched pairs; otherwise Welch's t
-    over seeds. `test` names which one was used.
+    Per metric `<m>` (mean, pp) and `<m>_pm` (t-CI half-width over seeds, pp; NaN with one
+    seed). `null_max_gap_<k>` / `null_max_gap_<k>_p95`: the gender-shuffled null's mean and
+    95th percentile (`with_null_columns`), averaged over seeds, pp. For `utility` = wf1 and
+    `gap`: `delta_<m>`, `delta_<m>_lo`, `delta_<m>_hi` (pp) and `p_<m>` are the paired Δ
+    (row − `baseline` of the same modality, over shared seeds; compare.paired_delta), and
+    `n_pairs` the shared seeds of `gap`. `reference` marks rows that never compete (zero-shot,
+    0 epochs).
     """
-    rows = final_rows(df)
+    rows = final_rows(with_null_columns(df, split, MAX_GAPS, run_dir))
     if rows.empty:
         raise ValueError("no finished trials for the ablation table (no TERMINATED final rows)")
     cols = [metric_column(df, m, split) for m in TABLE_METRICS]
-    gap_col = metric_column(df, gap, split)
-    agg = aggregate_seeds(rows, cols, ci=ci)
-    variants = _variants(rows)
+    nulls = [null_column(k, split, p95) for k in MAX_GAPS for p95 in (False, True)]
+    agg = aggregate_seeds(rows, cols + nulls, ci=ci, keep=("family", "modality", "epochs"))
     out = pd.DataFrame(
         {
             "family": agg["family"],
             "modality": agg["modality"],
-            "variant": agg["group_hash"].map(variants),
+            "variant": agg["group_hash"].map(_variants(rows)),
             "group_hash": agg["group_hash"],
             "n": agg["n"],
+            "reference": is_reference(agg),
         }
     )
     for name, col in zip(TABLE_METRICS, cols, strict=True):
         out[name] = 100 * agg[f"{col}_mean"]
-        out[f"{name}_pm"] = 100 * (agg[f"{col}_hi"] - agg[f"{col}_lo"]) / 2
-    run_path = Path(run_dir) if run_dir is not None else None
-    tested: list[tuple[float, float, str]] = []
+        half = 100 * (agg[f"{col}_hi"] - agg[f"{col}_lo"]) / 2
+        out[f"{name}_pm"] = half.where(out["n"] > 1)
+    for col in nulls:
+        out[col.split("/", 1)[1]] = 100 * agg[f"{col}_mean"]
+    compared = list(dict.fromkeys(("wf1", gap)))
+    deltas = []
     for _, r in out.iterrows():
-        erm_groups = out[(out["family"] == "erm") & (out["modality"] == r["modality"])]
-        if r["family"] == "erm" or erm_groups.empty:
-            tested.append((math.nan, math.nan, ""))
-            continue
-        erm = rows[rows["group_hash"] == erm_groups["group_hash"].iloc[0]]
-        method = rows[rows["group_hash"] == r["group_hash"]]
-        delta = 100 * (erm[gap_col].mean() - method[gap_col].mean())
-        p = _paired_p(method, erm, gap, run_path)
-        if math.isnan(p):
-            tested.append(
-                (delta, welch_less(method[gap_col].dropna(), erm[gap_col].dropna()), "welch")
-            )
-        else:
-            tested.append((delta, p, "paired-bootstrap"))
-    delta, p_value, test = zip(*tested, strict=True) if tested else ((), (), ())
-    out["delta"], out["p_value"], out["test"] = list(delta), list(p_value), list(test)
+        base = out[(out["family"] == baseline) & (out["modality"] == r["modality"])]
+        row: dict[str, float] = {}
+        for name in compared:
+            col = metric_column(df, name, split)
+            a, b, seeds = (np.array([]), np.array([]), [])
+            if r["family"] != baseline and len(base) == 1:
+                a, b, seeds = seed_pairs(
+                    rows[rows["group_hash"] == r["group_hash"]],
+                    rows[rows["group_hash"] == base["group_hash"].iloc[0]],
+                    col,
+                )
+            d = paired_delta(a, b, ci=ci)
+            row |= {f"delta_{name}_{k}": 100 * d[k] for k in ("lo", "hi")}
+            row |= {f"delta_{name}": 100 * d["delta"], f"p_{name}": d["p_value"]}
+            row["n_pairs"] = d["n"]
+        deltas.append(row)
+    out = pd.concat([out, pd.DataFrame(deltas, index=out.index)], axis=1)
     keys = out.assign(_m=_order(out["modality"], MODALITIES), _f=_order(out["family"], FAMILIES))
     return out.loc[keys.sort_values(["_m", "_f", "variant", "group_hash"]).index].reset_index(
         drop=True
     )
-
-
-def _cell(mean: float, pm: float, bold: bool, fmt: str) -> str:
-    if math.isnan(mean):
-        return "–"
-    text = f"{mean:.1f} ± {pm:.1f}" if fmt == "md" else rf"{mean:.1f}\,$\pm$\,{pm:.1f}"
-    if not bold:
-        return text
-    return f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
-
-
-def _p_text(p: float, test: str) -> str:
-    if math.isnan(p):
-        return "–"
-    return ("<0.001" if p < 0.001 else f"{p:.3f}") + ("†" if test == "paired-bootstrap" else "")
 
 
 _LATEX = (
@@ -627,7 +653,6 @@ _LATEX = (
     ("λ", r"$\lambda$"),
     ("±", r"$\pm$"),
     ("Δ", r"$\Delta$"),
-    ("†", r"$^\dagger$"),
     ("<", r"$<$"),
     ("–", "--"),
 )
@@ -639,49 +664,114 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def _md_table(body: list[tuple[str, str, list[str], str, str]], gap_name: str) -> list[str]:
+def _numbers(frame: pd.DataFrame, m: str, bold: pd.Series, fmt: str) -> pd.Series:
+    """`mean ± half-width [null]` cells of one metric column, in bold where `bold`."""
+    pm = " ± " if fmt == "md" else r"\,$\pm$\,"
+    text = frame[m].map("{:.1f}".format)
+    text = text.where(frame[f"{m}_pm"].isna(), text + pm + frame[f"{m}_pm"].map("{:.1f}".format))
+    null = frame.get(f"null_{m}")
+    if null is not None:
+        text = text.where(null.isna(), text + " [" + null.map("{:.1f}".format) + "]")
+    text = text.where(~bold, "**" + text + "**" if fmt == "md" else r"\textbf{" + text + "}")
+    return text.where(frame[m].notna(), "–")
+
+
+def _delta_cell(r: pd.Series, name: str) -> str:
+    d, lo, hi = r[f"delta_{name}"], r[f"delta_{name}_lo"], r[f"delta_{name}_hi"]
+    if math.isnan(d):
+        return "–"
+    if r["n_pairs"] < 2:
+        return f"{d:+.1f} [n/a (1 seed)]"
+    if math.isnan(lo):
+        return f"{d:+.1f} [n/a (no spread)]"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def _p_cell(r: pd.Series, name: str) -> str:
+    p = r[f"p_{name}"]
+    if math.isnan(p):
+        return "n/a (1 seed)" if r["n_pairs"] == 1 else "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def ablation_cells(frame: pd.DataFrame, fmt: str = "md", gap: str = "max_gap_wf1") -> pd.DataFrame:
+    """The table's text, one column per printed column: what `render_ablation` lays out.
+
+    Best = highest mean for W-F1/ACC, lowest for gaps, compared as printed (one decimal), so
+    ties are all bold. `reference` rows do not compete: a near-chance model has near-zero
+    gaps, and a bold "best gap" for it would be read as a result.
+    """
     langs = [lang.upper() for lang in LANGUAGES]
-    head = ["Method", "Modality", *(f"W-F1 {x}" for x in (*langs, "All"))]
-    head += [
+    shown = frame[list(TABLE_METRICS)].round(1)
+    rivals = ~frame["reference"].astype(bool)
+    labels = frame["family"].map(lambda f: FAMILY_LABELS.get(f, f))
+    variant = frame["variant"].fillna("")
+    cells = pd.DataFrame(
+        {
+            "Method": labels.where(variant == "", labels + " (" + variant + ")"),
+            "Modality": frame["modality"],
+            "n": frame["n"].astype(str),
+        }
+    )
+    names = [
+        *(f"W-F1 {x}" for x in (*langs, "All")),
         *(f"ACC {x}" for x in (*langs, "All")),
         *(f"Gap {METRIC_LABELS[m]}" for m in GAP_KINDS),
     ]
-    head += [f"Δ {gap_name} gap", "p"]
+    for name, m in zip(names, TABLE_METRICS, strict=True):
+        best = shown.loc[rivals, m].min() if "gap" in m else shown.loc[rivals, m].max()
+        cells[name] = _numbers(frame, m, rivals & (shown[m] == best), fmt)
+    gap_name = METRIC_LABELS.get(gap.removeprefix("max_gap_"), gap)
+    for name, head in (("wf1", "Δ W-F1"), (gap, f"Δ {gap_name} gap")):
+        cells[head] = frame.apply(_delta_cell, axis=1, name=name)
+        cells[f"p ({head})"] = frame.apply(_p_cell, axis=1, name=name)
+    return cells
+
+
+def _md_table(cells: pd.DataFrame) -> list[str]:
+    head = [c.split(" (Δ")[0] for c in cells.columns]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
-    lines += [
-        f"| {label} | {mod} | " + " | ".join([*cells, delta, p]) + " |"
-        for mod, label, cells, delta, p in body
-    ]
-    return lines
+    return lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
 
 
-def _latex_table(body: list[tuple[str, str, list[str], str, str]], note: str) -> list[str]:
+def _latex_table(cells: pd.DataFrame, note: str) -> list[str]:
     langs = [lang.upper() for lang in LANGUAGES]
+    n_metrics = len(TABLE_METRICS)
     lines = [
         r"% requires \usepackage{booktabs}",
         r"\begin{table*}[t]",
         r"\centering",
         r"\scriptsize",
         r"\setlength{\tabcolsep}{2.5pt}",
-        r"\begin{tabular}{ll" + "c" * (len(TABLE_METRICS) + 2) + "}",
+        r"\begin{tabular}{llc" + "c" * (n_metrics + 4) + "}",
         r"\toprule",
-        r" & & \multicolumn{4}{c}{W-F1 (\%)} & \multicolumn{4}{c}{ACC (\%)} & "
-        r"\multicolumn{5}{c}{Max gender gap (pp)} & & \\",
-        r"\cmidrule(lr){3-6}\cmidrule(lr){7-10}\cmidrule(lr){11-15}",
-        "Method & Mod. & "
+        r" & & & \multicolumn{4}{c}{W-F1 (\%)} & \multicolumn{4}{c}{ACC (\%)} & "
+        r"\multicolumn{5}{c}{Max gender gap (pp) [null]} & "
+        r"\multicolumn{4}{c}{Paired $\Delta$ vs ERM (pp) [95\% CI]} \\",
+        r"\cmidrule(lr){4-7}\cmidrule(lr){8-11}\cmidrule(lr){12-16}\cmidrule(lr){17-20}",
+        "Method & Mod. & $n$ & "
         + " & ".join([*langs, "All", *langs, "All"])
         + " & "
         + " & ".join(METRIC_LABELS[m] for m in GAP_KINDS)
-        + r" & $\Delta$ & $p$ \\",
+        + " & "
+        + " & ".join(
+            _latex_escape(c.split(" (Δ")[0].removeprefix("Δ ")) for c in cells.columns[-4:]
+        )
+        + r" \\",
         r"\midrule",
     ]
+    text = cells.copy()
+    for col in text.columns[:2]:
+        text[col] = text[col].map(_latex_escape)
+    for col in text.columns[2:-4]:
+        text[col] = text[col].str.replace("–", "--")
+    for col in text.columns[-4:]:
+        text[col] = text[col].str.replace("-", "$-$").map(_latex_escape)
     previous = None
-    for mod, label, cells, delta, p in body:
+    for mod, row in zip(cells["Modality"], text.itertuples(index=False), strict=True):
         if previous is not None and mod != previous:
             lines.append(r"\midrule")
         previous = mod
-        delta = "--" if delta == "–" else delta.replace("-", "$-$")
-        row = [_latex_escape(label), _latex_escape(mod), *cells, delta, _latex_escape(p)]
         lines.append(" & ".join(row) + r" \\")
     lines += [
         r"\bottomrule",
@@ -699,40 +789,26 @@ def render_ablation(
     split: str = "test",
     gap: str = "max_gap_wf1",
     ci: float = 0.95,
+    baseline: str = BASELINE_FAMILY,
 ) -> str:
-    """Markdown or LaTeX (booktabs) text of an `ablation_frame`; best per column in bold.
-
-    Best = highest mean for W-F1/ACC, lowest for gaps, compared as printed (one decimal), so
-    ties are all bold. Zero-shot does not compete: a near-chance model has near-zero gaps, and a
-    bold "best gap" for it would be read as a result.
-    """
+    """Markdown or LaTeX (booktabs) text of an `ablation_frame` (cells: `ablation_cells`)."""
     if format not in ("md", "latex"):
         raise ValueError(f"format must be 'md' or 'latex', got {format!r}")
-    shown = frame[list(TABLE_METRICS)].round(1)
-    rivals = shown[frame["family"] != "zero-shot"]
-    best = {m: rivals[m].min() if m.startswith("max_gap_") else rivals[m].max() for m in shown}
-    body = []
-    for i, r in frame.iterrows():
-        label = FAMILY_LABELS.get(r["family"], r["family"])
-        if isinstance(r["variant"], str) and r["variant"]:
-            label += f" ({r['variant']})"
-        rival = r["family"] != "zero-shot"
-        cells = [
-            _cell(r[m], r[f"{m}_pm"], rival and shown.at[i, m] == best[m], format) for m in shown
-        ]
-        delta = "–" if math.isnan(r["delta"]) else f"{r['delta']:+.1f}"
-        body.append((r["modality"], label, cells, delta, _p_text(r["p_value"], r["test"])))
+    cells = ablation_cells(frame, format, gap)
     gap_name = METRIC_LABELS.get(gap.removeprefix("max_gap_"), gap)
+    base = FAMILY_LABELS.get(baseline, baseline)
     note = (
-        f"{split} split; mean ± {ci:.0%} t-CI half-width over seeds, in points. Bold: best per "
-        f"column among trained methods (max W-F1/ACC, min gap); gaps are the max over "
-        f"languages. Δ: ERM's {gap_name} "
-        "gap minus the method's (same modality; positive = smaller gap); p: one-sided Welch "
-        "t-test over seeds, † = paired bootstrap over seed-matched test predictions."
+        f"{split} split; mean ± {ci:.0%} t-CI half-width over seeds, in points (no ± with one "
+        "seed). Gaps are the max over languages; [x]: the gender-shuffled null's mean (gender "
+        "permuted within language, predictions fixed), the gap a gender-blind model shows. "
+        "Bold: best per column among trained methods (max W-F1/ACC, min gap; zero-shot and "
+        f"0-epoch rows never compete). Δ: method − {base} of the same modality, paired by seed, "
+        f"for W-F1 and the {gap_name} gap (negative = smaller gap), with its {ci:.0%} t-interval "
+        "[lo, hi]; p: two-sided paired t-test over the shared seeds."
     )
     if format == "md":
-        return "\n".join(_md_table(body, gap_name)) + f"\n\n{note}\n"
-    return "\n".join(_latex_table(body, note)) + "\n"
+        return "\n".join(_md_table(cells)) + f"\n\n{note}\n"
+    return "\n".join(_latex_table(cells, note)) + "\n"
 
 
 def ablation_table(
@@ -748,28 +824,25 @@ def ablation_table(
     return render_ablation(frame, format=format, split=split, gap=gap, ci=ci)
 
 
-def _sweep_objectives(sweep: Mapping[str, Any]) -> list[tuple[str, str]]:
-    objectives = sweep.get("objectives") or [["dev/wf1", "max"], ["dev/max_gap_wf1", "min"]]
-    return [(str(c), str(d)) for c, d in objectives]
-
-
 def write_reports(run_dir: str | Path, constraint: str = "max_gap_wf1<=0.02") -> dict[str, Path]:
     """Figures and tables of a finished sweep; the sweep calls this at the end.
 
-    figures/pareto.{pdf,png} (dev, operating point under `constraint` starred when feasible),
-    tables/ablation.{md,tex} (test split) and, when the run has `search` trials,
-    figures/hypervolume.{pdf,png} over its objectives from sweep.json.
+    figures/pareto.{pdf,png} (dev, operating point under `constraint` starred when feasible,
+    gender-shuffled null band), tables/ablation.{md,tex} (test split) and, when the run has
+    `search` trials, figures/hypervolume.{pdf,png} over the manifest's objectives.
     """
     run = Path(run_dir)
-    df, sweep = load_run(run)
-    objectives = _sweep_objectives(sweep)
-    (u_col, u_dir), (g_col, g_dir) = (objectives + [("", "")] * 2)[:2]
+    df, manifest = load_run(run)
+    objectives = manifest.objectives if manifest is not None else list(DEFAULT_OBJECTIVES)
+    (u_col, u_dir), (g_col, g_dir) = (list(objectives) + [("", "")] * 2)[:2]
     utility, gap = "wf1", "max_gap_wf1"
     if u_dir == "max" and g_dir == "min" and u_col.startswith("dev/") and g_col.startswith("dev/"):
         utility, gap = u_col.removeprefix("dev/"), g_col.removeprefix("dev/")
+    df = with_null_columns(df, "test", MAX_GAPS, run)  # once, for the figure and the table
     out: dict[str, Path] = {}
     op = select_operating_point(df, constraint=constraint, objective=utility)
-    fig = plot_pareto(pareto_frame(df, split="dev", gap=gap, utility=utility), operating_point=op)
+    frame = pareto_frame(df, split="dev", gap=gap, utility=utility, run_dir=run)
+    fig = plot_pareto(frame, operating_point=op)
     out["pareto_pdf"], out["pareto_png"] = save_figure(fig, run / "figures" / "pareto")
     tables = run / "tables"
     tables.mkdir(parents=True, exist_ok=True)
@@ -780,7 +853,8 @@ def write_reports(run_dir: str | Path, constraint: str = "max_gap_wf1<=0.02") ->
         out[key] = path
     if (df["family"] == "search").any():
         hv = hypervolume_over_trials(df[df["family"] == "search"], objectives)
-        fig = plot_hypervolume({sweep.get("name", run.name): hv})
+        name = manifest.name if manifest is not None else run.name
+        fig = plot_hypervolume({name: hv})
         out["hypervolume_pdf"], out["hypervolume_png"] = save_figure(
             fig, run / "figures" / "hypervolume"
         )

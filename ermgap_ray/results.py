@@ -1,30 +1,34 @@
 """`trials.parquet` (one row per trial per evaluation) and `sweep.json` (what was run, with what).
 
+The one owner of both files, and Ray-free (it imports neither ray nor torch), so the analysis
+CLIs and the report read a run without starting anything. The Tune callback that keeps
+trials.parquet current lives in `ermgap_ray.results_writer` and writes through `write_trials`.
+
 The writer rewrites the whole (small: trials × epochs rows) file through a temp file and
-`os.replace`, so a crash loses no finished evaluation and a reader never sees half a file. A
-part-file dataset would append in O(1), but it needs compaction and a reader that globs; a
-48-trial × 6-epoch sweep is ~300 rows, far below where rewriting costs anything.
+`os.replace` (fs.atomic_path), so a crash loses no finished evaluation and a reader never sees
+half a file. A part-file dataset would append in O(1), but it needs compaction and a reader that
+globs; a 48-trial × 6-epoch sweep is ~300 rows, far below where rewriting costs anything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from ray.tune import Callback
 
 from ermgap_ray.config import TrialConfig
+from ermgap_ray.errors import ConfigError
+from ermgap_ray.fs import atomic_path, atomic_write
 
 TRIALS_FILE = "trials.parquet"
 MANIFEST_FILE = "sweep.json"
@@ -47,6 +51,8 @@ ROW_KEYS = (
     "data_fingerprint",
 )
 VERSIONED = ("python", "torch", "ray", "deepspeed", "transformers", "peft", "optuna")
+# SweepConfig's default search objectives; used only when a manifest's config names none.
+DEFAULT_OBJECTIVES: tuple[tuple[str, str], ...] = (("dev/wf1", "max"), ("dev/max_gap_wf1", "min"))
 
 
 def group_hash(cfg: TrialConfig) -> str:
@@ -65,18 +71,6 @@ def split_trial_config(config: Mapping[str, Any]) -> tuple[str, TrialConfig]:
     values = dict(config.get("trial", config))
     family = str(values.pop("family", "custom"))
     return family, TrialConfig.from_dict(values)
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _WRAPPERS = ("RayTaskError", "TrainingFailedError", "TuneError", "RayActorError")
@@ -106,139 +100,8 @@ def error_summary(text: str | None) -> str:
     return f"{kind}: {message}"
 
 
-class ResultsWriter(Callback):
-    """Tune callback that keeps `RUN_DIR/trials.parquet` current after every result.
-
-    Rows are keyed by (trial_id, epoch): a later result for the same key (the trainable's
-    trailing `tune.report(final)`, or a resumed trial re-reporting an epoch) is merged into the
-    old row, never appended, so `--resume` cannot duplicate. `status` is the trial's latest
-    state on all its rows. `index_offset` keeps `trial_index` unique when several Tune
-    experiments (grid, then search) write to one run directory.
-    """
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        static: Mapping[str, Any] | None = None,
-        index_offset: int = 0,
-        phase: str | None = None,
-    ) -> None:
-        self.path = Path(run_dir) / TRIALS_FILE
-        self.static = dict(static or {})
-        self.index_offset = index_offset
-        self.phase = phase
-        self._load()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its callbacks into tuner.pkl and restores *those* on --resume; the
-        rows then come from the file (see `setup`), never from a stale pickled copy."""
-        return {**self.__dict__, "rows": {}, "index": {}}
-
-    def setup(self, **info: Any) -> None:
-        self._load()
-
-    def _load(self) -> None:
-        # A driver killed mid-write leaves its temp file; one driver owns a run directory.
-        for stale in self.path.parent.glob(f".{self.path.name}.*"):
-            stale.unlink(missing_ok=True)
-        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
-        self.index: dict[str, int] = {}
-        if self.path.is_file():
-            for row in read_trials(self.path.parent).to_dict("records"):
-                epoch = row.get("epoch")
-                key = (str(row["trial_id"]), -1 if pd.isna(epoch) else int(epoch))
-                self.rows[key] = {k: (None if _isna(v) else v) for k, v in row.items()}
-                self.index[key[0]] = int(row["trial_index"])
-
-    def _trial_index(self, trial_id: str) -> int:
-        """Start order, kept across restores: a trial's index is fixed when first seen."""
-        if trial_id not in self.index:
-            self.index[trial_id] = max([self.index_offset - 1, *self.index.values()]) + 1
-        return self.index[trial_id]
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._trial_index(trial.trial_id)
-
-    def _base(self, trial: Any) -> dict[str, Any]:
-        family, cfg = split_trial_config(trial.config)
-        base = {
-            "trial_id": trial.trial_id,
-            "config_hash": cfg.config_hash(),
-            "group_hash": group_hash(cfg),
-            "family": family,
-            "trial_index": self._trial_index(trial.trial_id),
-            **self.static,
-            **cfg.to_dict(),
-        }
-        if self.phase is not None:
-            base["phase"] = self.phase
-        return base
-
-    def _set_status(self, trial_id: str, status: str, error: str | None) -> None:
-        for (tid, _), row in self.rows.items():
-            if tid == trial_id:
-                row["status"], row["error"] = status, error
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
-        row = self._base(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        row |= {
-            "status": "RUNNING",
-            "error": None,
-            "epoch": epoch,
-            "is_final": bool(result.get("is_final", False)),
-            "time_total_s": result.get("time_total_s"),
-        }
-        for key, value in result.items():
-            if key.startswith(METRIC_PREFIXES) or key in METRIC_KEYS:
-                row[key] = value
-            elif key in ("adapter_path", "predictions_path", "data_fingerprint", "backbone"):
-                if value is not None:
-                    row[key] = value
-        old = self.rows.get((trial.trial_id, epoch), {})
-        merged = {**old, **{k: v for k, v in row.items() if v is not None or k not in old}}
-        self.rows[(trial.trial_id, epoch)] = merged
-        self.rows.pop((trial.trial_id, -1), None)
-        self.flush()
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info):
-        self._set_status(trial.trial_id, "TERMINATED", None)
-        self.flush()
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info):
-        message = error_summary(read_trial_error(trial))
-        if not any(tid == trial.trial_id for tid, _ in self.rows):
-            self.rows[(trial.trial_id, -1)] = self._base(trial) | {
-                "epoch": None,
-                "is_final": False,
-                "time_total_s": None,
-            }
-        self._set_status(trial.trial_id, "ERROR", message)
-        self.flush()
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        frame = pd.DataFrame(list(self.rows.values()))
-        lead = [c for c in ROW_KEYS if c in frame.columns]
-        frame = frame[lead + sorted(c for c in frame.columns if c not in lead)]
-        frame = frame.sort_values(["trial_index", "epoch"], na_position="first")
-        frame["epoch"] = frame["epoch"].astype("Int64")
-        frame["is_final"] = frame["is_final"].fillna(False).astype(bool)
-        for col in ROW_KEYS:
-            if col not in frame.columns:
-                frame[col] = None
-        _atomic_write_bytes(self.path, lambda tmp: frame.to_parquet(tmp, index=False))
-
-
-def _isna(value: Any) -> bool:
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def read_trial_error(trial: Any) -> str | None:
+    """The traceback text of a failed Tune trial (duck-typed: no Ray import needed)."""
     try:
         text = trial.get_error()
     except Exception:
@@ -251,21 +114,131 @@ def read_trial_error(trial: Any) -> str | None:
     return getattr(trial, "error_msg", None)
 
 
+# ------------------------------------------------------------------------------------------
+# trials.parquet
+# ------------------------------------------------------------------------------------------
+
+
+def write_trials(run_dir: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows -> RUN_DIR/trials.parquet: ROW_KEYS first, then the rest sorted; atomic."""
+    frame = pd.DataFrame(rows)
+    for col in ROW_KEYS:
+        if col not in frame.columns:
+            frame[col] = None
+    frame = frame[list(ROW_KEYS) + sorted(c for c in frame.columns if c not in ROW_KEYS)]
+    frame = frame.sort_values(["trial_index", "epoch"], na_position="first")
+    frame["epoch"] = frame["epoch"].astype("Int64")
+    frame["is_final"] = frame["is_final"].fillna(False).astype(bool)
+    path = Path(run_dir) / TRIALS_FILE
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return path
+
+
+_ARROW_SOURCE = re.compile(r"^Could not open Parquet input source '[^']*': ")
+
+
+def read_parquet_once(path: str | Path) -> pd.DataFrame:
+    """Read through one open handle: given a path, pyarrow opens the file more than once, and
+    a writer's rename between two opens pairs one version's footer with another's pages
+    ("Page was smaller than expected"; tests/test_results.py caught it). An open handle keeps
+    its version alive across the rename.
+
+    A zero-byte or cut-off file raises ConfigError naming the file, instead of pyarrow's
+    "Could not open Parquet input source '<Buffer>'".
+    """
+    import pyarrow as pa
+
+    path = Path(path)
+    with open(path, "rb") as handle:
+        try:
+            return pd.read_parquet(handle)
+        except (pa.ArrowInvalid, OSError) as err:
+            size = path.stat().st_size
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            first = _ARROW_SOURCE.sub("", first)
+            raise ConfigError(
+                f"{path} is truncated or not a Parquet file ({size} bytes; {first})"
+            ) from None
+
+
 def read_trials(run_dir: str | Path) -> pd.DataFrame:
-    """The sweep's rows; an empty frame with the schema's leading columns when none exist."""
+    """The sweep's rows; an empty frame with the schema's leading columns when none exist.
+
+    For writers and a sweep in progress. Analysis wants `load_trials`, which refuses a run
+    without rows.
+    """
     path = Path(run_dir) / TRIALS_FILE
     if not path.is_file():
         return pd.DataFrame(columns=list(ROW_KEYS))
     return read_parquet_once(path)
 
 
-def read_parquet_once(path: Path) -> pd.DataFrame:
-    """Read through one open handle: given a path, pyarrow opens the file more than once, and
-    a writer's rename between two opens pairs one version's footer with another's pages
-    ("Page was smaller than expected"; tests/test_results.py caught it). An open handle keeps
-    its version alive across the rename."""
-    with open(path, "rb") as handle:
-        return pd.read_parquet(handle)
+def load_trials(run_dir: str | Path) -> pd.DataFrame:
+    """A finished (or running) run's rows for analysis, with `is_final` as bool.
+
+    One-line errors: FileNotFoundError for a missing directory or trials.parquet, ConfigError
+    (a ValueError) for an empty or truncated file.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    path = run_dir / TRIALS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {TRIALS_FILE} in {run_dir} (not a sweep results directory?)")
+    df = read_parquet_once(path)
+    if df.empty:
+        raise ConfigError(f"{path} has no rows (no trial has reported yet)")
+    df["is_final"] = df["is_final"].fillna(False).astype(bool)
+    return df
+
+
+# ------------------------------------------------------------------------------------------
+# sweep.json
+# ------------------------------------------------------------------------------------------
+
+
+def parse_objectives(values: Any) -> list[tuple[str, str]]:
+    """`["dev/wf1:max", ...]` (SweepConfig's form) or `[["dev/wf1", "max"], ...]` -> pairs."""
+    out = []
+    for item in values:
+        if isinstance(item, str):
+            metric, _, mode = item.rpartition(":")
+        else:
+            metric, mode = (str(x) for x in item)
+        if not metric or mode not in ("max", "min"):
+            raise ConfigError(f"objective {item!r}: expected `metric:max` or `metric:min`")
+        out.append((metric, mode))
+    return out
+
+
+@dataclass(frozen=True)
+class SweepManifest:
+    """sweep.json, typed. `config` is the stored SweepConfig dict (what `--resume` reruns);
+    `raw` is the whole JSON, also reachable as `manifest[key]` for untyped keys (`cluster`)."""
+
+    path: Path
+    name: str = field(metadata={"help": "Run name: config name, else the preset's stem."})
+    objectives: list[tuple[str, str]] = field(metadata={"help": "(metric, max|min) pairs."})
+    constraints: list[str] = field(metadata={"help": "e.g. 'dev/max_gap_wf1<=0.05' (fractions)."})
+    config: dict[str, Any] = field(metadata={"help": "The sweep config as run."})
+    status: str = field(metadata={"help": "running | interrupted | finished | unknown."})
+    versions: dict[str, str | None] = field(default_factory=dict)
+    git_commit: str | None = None
+    written_at: str | None = None
+    data_fingerprint: str | None = None
+    trials: dict[str, int] = field(default_factory=dict, metadata={"help": "terminated/error."})
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
 
 
 def _versions() -> dict[str, str | None]:
@@ -289,8 +262,10 @@ def _git_head(cwd: Path) -> str | None:
 
 
 def write_manifest(run_dir: str | Path, config: Mapping[str, Any], **extra: Any) -> Path:
-    """`sweep.json`: the exact sweep config, package versions and the code's git commit."""
-    run_dir = Path(run_dir)
+    """`sweep.json`: the exact sweep config, package versions and the code's git commit.
+
+    `extra` (status, trials counts, data_fingerprint, cluster...) goes to the top level.
+    """
     manifest = {
         "config": dict(config),
         "versions": _versions(),
@@ -298,11 +273,59 @@ def write_manifest(run_dir: str | Path, config: Mapping[str, Any], **extra: Any)
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
-    path = run_dir / MANIFEST_FILE
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    path = Path(run_dir) / MANIFEST_FILE
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / MANIFEST_FILE).read_text())
+def read_manifest(run_dir: str | Path, missing_ok: bool = False) -> SweepManifest | None:
+    """The one reader of RUN_DIR/sweep.json.
+
+    A missing file raises FileNotFoundError (one line), or returns None with `missing_ok`;
+    unparsable JSON or a bad objective raises ConfigError. Objectives come from the stored
+    config (`metric:mode` strings); a config that names none gets DEFAULT_OBJECTIVES.
+    """
+    path = Path(run_dir) / MANIFEST_FILE
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {Path(run_dir)}")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} is not readable JSON ({err})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("config", {}), dict):
+        raise ConfigError(f"{path}: expected an object with a 'config' object")
+    config = dict(raw.get("config") or {})
+    preset = config.get("preset")
+    name = config.get("name") or (Path(str(preset)).stem if preset else Path(run_dir).name)
+    objectives = config.get("objectives") or [list(p) for p in DEFAULT_OBJECTIVES]
+    constraints = config.get("constraints") or []
+    if isinstance(constraints, str):
+        constraints = [constraints]
+    trials = raw.get("trials") or {}
+    return SweepManifest(
+        path=path,
+        name=str(name),
+        objectives=parse_objectives(objectives),
+        constraints=[str(c) for c in constraints],
+        config=config,
+        status=str(raw.get("status") or "unknown"),
+        versions=dict(raw.get("versions") or {}),
+        git_commit=raw.get("git_commit"),
+        written_at=raw.get("written_at"),
+        data_fingerprint=raw.get("data_fingerprint"),
+        trials={str(k): int(v) for k, v in trials.items()},
+        raw=raw,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """`from ermgap_ray.results import ResultsWriter` keeps working (lazily: importing this
+    module still imports no Ray) until callers import it from `ermgap_ray.results_writer`."""
+    if name == "ResultsWriter":
+        from ermgap_ray.results_writer import ResultsWriter
+
+        return ResultsWriter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

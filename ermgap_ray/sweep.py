@@ -1,21 +1,27 @@
 """Sweeps: the paper's ablation grid and the multi-objective Optuna search, on Ray Tune.
 
-A trial is `ermgap_ray.train.build_trainer(...)` run from a function trainable (RAY_NOTES.md
-"Train inside Tune"). One run directory holds everything a sweep produced:
+A trial runs on one of two executors (`launch.executor_for`): `tune` runs the recipe inside the
+Tune function trainable (one CPU worker), `train` runs a Ray Train `TorchTrainer` with DeepSpeed
+ZeRO from that trainable (RAY_NOTES.md "Train inside Tune"). One run directory holds everything a
+sweep produced:
 
-    STORAGE/NAME/  sweep.json  trials.parquet  optuna.db  grid/ search/ (Tune experiments)
-                   train/<trial_id>/ (each trial's Ray Train run: checkpoints, adapter)
+    STORAGE/NAME/  sweep.json  trials.parquet  optuna.db  driver.lock
+                   grid/ search/ (Tune experiments; a `tune` trial's checkpoints live here)
+                   train/<trial_id>/ (a `train` trial's Ray Train run: checkpoints, adapter)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
-import math
 import os
 import shutil
+import signal
+import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -30,9 +36,11 @@ from ermgap_ray.config import (
     safe_run_name,
 )
 from ermgap_ray.data.schema import MODALITIES
+from ermgap_ray.errors import RunLockedError
+from ermgap_ray.fs import ensure_writable_dir
+from ermgap_ray.registry import PAPER_FAMILIES, SEARCH_FAMILY, SEARCH_SPACE
 from ermgap_ray.results import (
     MANIFEST_FILE,
-    ResultsWriter,
     read_manifest,
     read_trials,
     split_trial_config,
@@ -44,39 +52,11 @@ OPTUNA_DB = "optuna.db"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 SAMPLERS = ("nsga2", "tpe", "random")
 KINDS = ("grid", "search", "both")
-
-# The paper's ablation (DESIGN.md "Baselines and ablations"). A family sets only what defines
-# it, so `trial:` / `--set` values (lam, eta, epochs...) reach every family that uses them.
-# mean-gap uses fixed λ with p=2: it isolates max-vs-mean from the λ schedule, and fixed-p2 is
-# its max-gap twin.
-PAPER_FAMILIES: dict[str, dict[str, Any]] = {
-    "zero-shot": {"objective": "erm", "lambda_mode": "fixed", "lam": 0.0, "epochs": 0},
-    "erm": {"objective": "erm", "lambda_mode": "fixed", "lam": 0.0},
-    "fixed-p1": {"objective": "minmaxgap", "lambda_mode": "fixed", "p": 1},
-    "fixed-p2": {"objective": "minmaxgap", "lambda_mode": "fixed", "p": 2},
-    "adaptive-p1": {"objective": "minmaxgap", "lambda_mode": "adaptive", "p": 1},
-    "adaptive-p2": {"objective": "minmaxgap", "lambda_mode": "adaptive", "p": 2},
-    "groupdro": {"objective": "groupdro", "lambda_mode": "fixed", "lam": 0.0},
-    "meangap": {"objective": "meangap", "lambda_mode": "fixed", "p": 2},
-}
-SEARCH_FAMILY = "search"
-
-# One registry of search ranges (DomainBed's hparams_registry): (kind, *args) per knob.
-# "choice" -> categorical, "log" -> log-uniform float, "float" -> uniform float.
-SEARCH_SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
-    "common": {
-        "p": ("choice", (1, 2)),
-        "lambda_mode": ("choice", ("fixed", "adaptive")),
-    },
-    "fixed": {"lam": ("log", 1e-2, 10.0)},
-    "adaptive": {
-        "lam_max": ("log", 1.0, 20.0),
-        "lam": ("log", 1e-2, 1.0),
-        "eta": ("log", 0.1, 10.0),
-        "epsilon": ("float", 0.0, 0.1),
-    },
-    "optim": {"lr": ("log", 1e-4, 1e-2), "lora_r": ("choice", (4, 8, 16))},
-}
+EXECUTORS = ("auto", "tune", "train")
+LOCK_FILE = "driver.lock"
+# On --resume these come from the command line; everything else is what sweep.json ran.
+# Tuner.restore keeps the experiment's own TuneConfig and RunConfig, so only these can differ.
+RUNTIME_KNOBS = ("cluster", "storage", "resume")
 
 
 def _knob(default: Any, help: str) -> Any:
@@ -101,6 +81,12 @@ class SweepConfig:
     storage: str = _knob("runs", "Folder holding run directories.")
     workers_per_trial: int = _knob(1, "Ray Train workers (data-parallel ranks) per trial.")
     gpus_per_worker: float = _knob(0.0, "GPUs per Train worker (0 = CPU, gloo, fp32).")
+    executor: Literal["auto", "tune", "train"] = _knob(
+        "auto",
+        "tune: the trial's loop runs inside its Tune trainable (one CPU worker, no worker group); "
+        "train: a Ray Train TorchTrainer with DeepSpeed ZeRO; auto: train whenever a trial has "
+        "more than one worker or any GPU, else tune.",
+    )
     max_concurrent: int | None = _knob(
         None, "Trials at once; default: the cluster's CPUs (or GPUs) / resources per trial."
     )
@@ -125,6 +111,13 @@ class SweepConfig:
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"sweep field 'kind': must be one of {', '.join(KINDS)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"sweep field 'executor': must be one of {', '.join(EXECUTORS)}")
+        if self.executor == "tune" and (self.workers_per_trial > 1 or self.gpus_per_worker > 0):
+            raise ConfigError(
+                "sweep field 'executor': tune runs one CPU worker per trial; use train (or auto) "
+                "for workers_per_trial > 1 or GPUs"
+            )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sweep field 'sampler': must be one of {', '.join(SAMPLERS)}")
         unknown = sorted(set(self.families) - set(PAPER_FAMILIES))
@@ -168,8 +161,20 @@ class SweepConfig:
     def run_dir(self) -> Path:
         return (Path(self.storage) / self.run_name).resolve()
 
+    @property
+    def resolved_executor(self) -> str:
+        return executor_for(self.executor, self.workers_per_trial, self.gpus_per_worker)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def executor_for(kind: str, workers: int, gpus_per_worker: float) -> str:
+    """`auto` -> `train` for more than one worker or any GPU, else `tune`: a ZeRO worker group
+    earns its seven actor start-ups only when there is data parallelism or a GPU to drive."""
+    if kind != "auto":
+        return kind
+    return "train" if workers > 1 or gpus_per_worker > 0 else "tune"
 
 
 def load_sweep_config(
@@ -291,14 +296,19 @@ def fail_stale_optuna_trials(run_dir: Path, study_name: str) -> int:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl+C stopped Tune; its experiment state is saved and `--resume` continues it."""
+    """Ctrl+C or SIGTERM stopped Tune; its experiment state is saved and `--resume` continues
+    it. `terminated` says it was SIGTERM, so the CLI exits 143 instead of 130."""
+
+    terminated = False
 
     @classmethod
-    def in_phase(cls, phase: str, cfg: SweepConfig) -> SweepInterrupted:
-        return cls(
+    def in_phase(cls, phase: str, cfg: SweepConfig, terminated: bool = False) -> SweepInterrupted:
+        err = cls(
             f"sweep interrupted in phase {phase!r}; continue it with --resume "
             f"--name {cfg.run_name} --storage {cfg.storage}"
         )
+        err.terminated = terminated
+        return err
 
 
 class NonFiniteTrialError(FloatingPointError):
@@ -313,74 +323,80 @@ def _nonfinite_message(err: BaseException) -> str | None:
 
 
 def make_trainable(
-    run_dir: Path, workers: int, gpus_per_worker: float
+    run_dir: Path, executor: str, workers: int, gpus_per_worker: float
 ) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trainable that runs one trial as a Ray Train `TorchTrainer`.
+    """The Tune function trainable that runs one trial on `executor` (tune | train).
 
-    A zero-shot trial (epochs=0) only evaluates the backbone, so it runs here, in the trainable,
-    on one worker's resources (`trial_resources`): a Train worker group would only add ~10 s of
-    actor start-up to ~1 s of evaluation.
+    - tune, and every zero-shot trial: the recipe runs here, in the trainable's process,
+      reporting through `tune.report` with checkpoints that Tune persists in the trial folder.
+    - train: a Ray Train `TorchTrainer` named by the Tune trial id under RUN_DIR/train, unique
+      per trial (a new sweep never resumes an old run by accident), yet a Tune retry or
+      `--resume` of the same trial reopens it and Train continues from its last checkpoint.
 
-    The train run is named by the Tune trial id under RUN_DIR/train: unique per trial (a new
-    sweep never resumes an old run by accident), yet a Tune retry or `--resume` of the same
-    trial reopens it and Train continues from its last checkpoint. NonFiniteLoss leaves a
-    marker in the trial dir so Tune's retry fails at once instead of diverging again.
+    Either way the trial's last result carries the artefact paths. NonFiniteLoss leaves a marker
+    in the trial dir so Tune's retry fails at once instead of diverging again.
     """
     train_root = str(run_dir / "train")
 
     def ermgap_trial(config: dict[str, Any]) -> None:
-        from pathlib import Path
-
         from ray import tune
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from ermgap_ray.train import build_trainer, final_metrics, run_local
 
         _, cfg = split_trial_config(config)
         ctx = tune.get_context()
-        if cfg.epochs == 0:
-            final = run_local(
-                cfg, Path(train_root) / ctx.get_trial_id(), engine_kind="torch", verbose=False
-            )
-            tune.report(final)
-            return
         marker = Path(ctx.get_trial_dir()) / NONFINITE_MARKER
         if marker.is_file():
             raise NonFiniteTrialError(marker.read_text())
-        trainer = build_trainer(
-            cfg,
-            workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            name=ctx.get_trial_id(),
-            storage_path=train_root,
-            max_failures=0,
-            callbacks=[TuneReportCallback()],
-            verbose=False,
-        )
         try:
-            result = trainer.fit()
+            if executor == "tune" or cfg.epochs == 0:
+                from ermgap_ray.train.launch import run_in_tune
+
+                final = run_in_tune(cfg, threads=workers)
+            else:
+                final = _fit_trainer(cfg, ctx.get_trial_id(), train_root, workers, gpus_per_worker)
         except Exception as err:
             message = _nonfinite_message(err)
             if message is None:
                 raise
             marker.write_text(message)
             raise NonFiniteTrialError(message) from None
-        final = final_metrics(result)
         if final:
             tune.report(final)
 
     return ermgap_trial
 
 
-def trial_resources(gpus_per_worker: float) -> Callable[[dict[str, Any]], Any]:
-    """Tune resources per trial config. A training trainable asks for no CPU, which its Train
-    workers need (RAY_NOTES.md: a 1-CPU trainable deadlocks 2 trials on 2 cores); a zero-shot
-    trainable does the evaluation itself, so it asks for one worker's CPU (and GPU)."""
+def _fit_trainer(
+    cfg: TrialConfig, name: str, train_root: str, workers: int, gpus_per_worker: float
+) -> dict[str, Any]:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ermgap_ray.train.launch import build_trainer, final_metrics
+
+    trainer = build_trainer(
+        cfg,
+        workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        name=name,
+        storage_path=train_root,
+        max_failures=0,
+        callbacks=[TuneReportCallback()],
+        verbose=False,
+    )
+    return final_metrics(trainer.fit())
+
+
+def trial_resources(executor: str, gpus_per_worker: float) -> Callable[[dict[str, Any]], Any]:
+    """Tune resources per trial config.
+
+    A trainable that runs the loop itself (the tune executor, and zero-shot trials) asks for one
+    worker's CPU (and GPU). A trainable that launches a TorchTrainer asks for no CPU, which its
+    Train workers need (RAY_NOTES.md: a 1-CPU trainable deadlocks 2 trials on 2 cores).
+    """
     from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
 
     def resources(config: dict[str, Any]) -> Any:
         _, cfg = split_trial_config(config)
-        if cfg.epochs > 0:
+        if executor == "train" and cfg.epochs > 0:
             return resource_dict_to_pg_factory({"cpu": 0, "memory": 1e6})
         return resource_dict_to_pg_factory({"cpu": 1, "gpu": gpus_per_worker})
 
@@ -417,21 +433,18 @@ def _default_concurrency(cfg: SweepConfig) -> int:
     return max(1, int(res.get("CPU", 1) // cfg.workers_per_trial))
 
 
-def _prepare_inputs(cfg: SweepConfig, configs: list[TrialConfig]) -> dict[str, Any]:
+def _prepare_inputs(configs: list[TrialConfig]) -> dict[str, Any]:
     """Validate data + backbone and build the encoder cache once, before any trial starts."""
-    try:
-        from ermgap_ray.train import prepare_trial_inputs
-    except ImportError:
-        return {}
+    from ermgap_ray.train.recipe import prepare_trial_inputs
+
     static: dict[str, Any] = {}
     seen = set()
     for trial in configs:
-        key = (trial.data, trial.backbone, trial.use_cache)
+        key = (trial.data, trial.backbone, trial.use_cache, trial.modality)
         if key in seen:
             continue
         seen.add(key)
-        inputs = prepare_trial_inputs(trial)
-        static["data_fingerprint"] = getattr(inputs, "data_fingerprint", None)
+        static["data_fingerprint"] = prepare_trial_inputs(trial).data_fingerprint
     return static
 
 
@@ -455,7 +468,7 @@ def _phases(cfg: SweepConfig) -> list[str]:
 
 def _check_run_dir(cfg: SweepConfig) -> None:
     run_dir = cfg.run_dir
-    exists = run_dir.exists() and any(run_dir.iterdir())
+    exists = run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
     if cfg.resume and not (run_dir / MANIFEST_FILE).is_file():
         raise ConfigError(f"nothing to resume: {run_dir} has no {MANIFEST_FILE}")
     if exists and not cfg.resume:
@@ -465,11 +478,57 @@ def _check_run_dir(cfg: SweepConfig) -> None:
         )
 
 
-def _resumed_config(cfg: SweepConfig) -> SweepConfig:
-    """On resume, what to run comes from sweep.json; only where/how-fast comes from the CLI."""
-    stored = read_manifest(cfg.run_dir)["config"]
-    runtime = {k: getattr(cfg, k) for k in ("cluster", "max_concurrent", "max_failures")}
-    return SweepConfig(**{**stored, **runtime, "resume": True, "storage": cfg.storage})
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """An OS file lock on RUN_DIR/driver.lock for the driver's lifetime.
+
+    A second driver (or a `--resume` of a live run) is refused at once with the holder's PID and
+    host; the kernel releases the lock when the holder dies, even by SIGKILL, so a crashed
+    driver never blocks its own `--resume`.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            raise RunLockedError(
+                f"run directory {run_dir} is in use by another driver ({holder}); wait for it "
+                "to finish, or stop it and pass --resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def resume_config(stored: dict[str, Any], given: SweepConfig, explicit: set[str]) -> SweepConfig:
+    """What `--resume` runs: sweep.json's config, plus the runtime knobs from the command line.
+
+    Tuner.restore keeps the experiment's own grid, search, TuneConfig and RunConfig, so any
+    other knob given explicitly (`explicit`: the flags and `--set` keys on the command line)
+    that differs from what was run is refused with the list, never silently ignored.
+    """
+    given_values = given.to_dict()
+    differs = []
+    for knob in sorted(explicit - set(RUNTIME_KNOBS)):
+        if knob.startswith("trial."):
+            key = knob.split(".", 1)[1]
+            was, now = stored.get("trial", {}).get(key), given.trial.get(key)
+            if was != now:
+                differs.append(f"--set {key}={now!r} (was {was!r})")
+        elif knob in given_values and stored.get(knob) != given_values[knob]:
+            differs.append(f"{knob}={given_values[knob]!r} (was {stored.get(knob)!r})")
+    if differs:
+        raise ConfigError(
+            f"--resume continues {given.run_dir} as it was started; these differ from its "
+            f"{MANIFEST_FILE}: {'; '.join(differs)}. Drop them, or start a new sweep with --name"
+        )
+    runtime = {k: getattr(given, k) for k in RUNTIME_KNOBS}
+    return SweepConfig(**{**stored, **runtime, "resume": True})
 
 
 def _tuner(
@@ -482,7 +541,9 @@ def _tuner(
     from ray import tune
 
     run_dir = cfg.run_dir
-    wrapped = tune.with_resources(trainable, trial_resources(cfg.gpus_per_worker))
+    wrapped = tune.with_resources(
+        trainable, trial_resources(cfg.resolved_executor, cfg.gpus_per_worker)
+    )
     exp_dir = run_dir / phase
     if cfg.resume and tune.Tuner.can_restore(str(exp_dir)):
         return tune.Tuner.restore(
@@ -490,22 +551,24 @@ def _tuner(
         )
     if exp_dir.exists():
         shutil.rmtree(exp_dir)
+    keep = int(cfg.trial.get("keep_checkpoints", TrialConfig().keep_checkpoints))
     run_config = tune.RunConfig(
         name=phase,
         storage_path=str(run_dir),
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         callbacks=callbacks,
         verbose=0,
     )
+    tune_config: dict[str, Any] = {
+        "max_concurrent_trials": concurrency,
+        "trial_dirname_creator": trial_dirname,
+    }
     if phase == "grid":
         return tune.Tuner(
             wrapped,
             param_space={"trial": tune.grid_search(grid_trials(cfg))},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=concurrency,
-                num_samples=1,
-                trial_dirname_creator=trial_dirname,
-            ),
+            tune_config=tune.TuneConfig(num_samples=1, **tune_config),
             run_config=run_config,
         )
     from ray.tune.search.optuna import OptunaSearch
@@ -521,14 +584,30 @@ def _tuner(
     )
     return tune.Tuner(
         wrapped,
-        tune_config=tune.TuneConfig(
-            search_alg=search,
-            max_concurrent_trials=concurrency,
-            num_samples=cfg.num_samples,
-            trial_dirname_creator=trial_dirname,
-        ),
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=cfg.num_samples, **tune_config),
         run_config=run_config,
     )
+
+
+class _TerminationToInterrupt:
+    """SIGTERM (what SLURM and Kubernetes send on preemption) handled as Ctrl-C: Tune stops its
+    trials and saves its state, and the driver exits 143 with the `--resume` hint. Installed
+    after `ray.init`, whose own handler would abort the process with a C++ stack dump."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _TerminationToInterrupt:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
 
 
 def run_sweep(
@@ -536,61 +615,85 @@ def run_sweep(
     trainable: Callable[[dict[str, Any]], None] | None = None,
     progress_interval_s: float = 10.0,
     quiet: bool = True,
+    explicit: set[str] | None = None,
 ) -> SweepResult:
-    """Connect, validate inputs once, run each phase's Tuner, write results and reports.
+    """Check storage, lock the run directory, validate inputs once, connect, run each phase's
+    Tuner, write results and reports.
 
-    `trainable` replaces the Ray Train trainable (tests use a small function that reports
+    `trainable` replaces the recipe trainable (tests use a small function that reports
     deterministic metrics); everything else (resources, callbacks, restore) is the same.
+    `explicit` names the knobs the caller set (CLI flags, `trial.<key>` for `--set`); on resume
+    only those are compared with sweep.json (None: none; sweep.json decides what runs).
     `quiet` leaves trial errors to the progress table's one-liners and trials.parquet instead
     of Tune's full tracebacks (which stay in each trial's error.txt).
     """
+    ensure_writable_dir(cfg.storage)
+    with run_dir_lock(cfg.run_dir):
+        _check_run_dir(cfg)
+        if cfg.resume:
+            stored = read_manifest(cfg.run_dir).config
+            cfg = resume_config(stored, cfg, explicit or set())
+        return _run_locked(cfg, trainable, progress_interval_s, quiet)
+
+
+def _run_locked(
+    cfg: SweepConfig,
+    trainable: Callable[[dict[str, Any]], None] | None,
+    progress_interval_s: float,
+    quiet: bool,
+) -> SweepResult:
     import optuna
 
-    from ermgap_ray.cluster import connect, probe
+    from ermgap_ray.cluster import connect, explicit_address, probe
     from ermgap_ray.progress import ProgressTable
+    from ermgap_ray.results_writer import ResultsWriter
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if quiet:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    _check_run_dir(cfg)
-    if cfg.resume:
-        cfg = _resumed_config(cfg)
     run_dir = cfg.run_dir
-    env_address = os.environ.get("RAY_ADDRESS", "") if cfg.cluster == "auto" else ""
-    address = cfg.cluster if cfg.cluster not in ("auto", "local") else env_address
-    if address and address not in ("auto", "local"):
+    address = explicit_address(cfg.cluster)
+    if address:
         probe(address)
     base = _trial_configs(cfg)
-    static = _prepare_inputs(cfg, base) if trainable is None else {}
+    static = _prepare_inputs(base) if trainable is None else {}
     info = connect(cfg.cluster)
     print(info.describe(), flush=True)
     concurrency = cfg.max_concurrent or _default_concurrency(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     manifest = write_manifest(
         run_dir, cfg.to_dict(), cluster=dataclasses.asdict(info), status="running", **static
     )
-    trainable = trainable or make_trainable(run_dir, cfg.workers_per_trial, cfg.gpus_per_worker)
+    trainable = trainable or make_trainable(
+        run_dir, cfg.resolved_executor, cfg.workers_per_trial, cfg.gpus_per_worker
+    )
 
     offset = 0
-    for phase in _phases(cfg):
-        writer = ResultsWriter(run_dir, static=static, index_offset=offset, phase=phase)
-        total = len(grid_trials(cfg)) if phase == "grid" else cfg.num_samples
-        progress = ProgressTable(concurrency, progress_interval_s, title=phase, total=total)
-        tuner = _tuner(cfg, phase, trainable, [writer, progress], concurrency)
-        grid = tuner.fit()
-        # Ctrl-C makes Tune stop its trials and return normally, with the stopped trials not
-        # errored: a trial that ended without its final report means the sweep was cut short.
-        unfinished = [r for r in grid if r.error is None and not (r.metrics or {}).get("is_final")]
-        if unfinished or len(grid) > grid.num_terminated + grid.num_errors:
-            write_manifest(run_dir, cfg.to_dict(), status="interrupted", **static)
-            raise SweepInterrupted.in_phase(phase, cfg)
-        if phase == "search":
-            stale = fail_stale_optuna_trials(run_dir, cfg.run_name)
-            if stale:
-                print(f"marked {stale} stale RUNNING Optuna trial(s) FAIL", flush=True)
-        if phase == "grid":
-            offset = len(grid_trials(cfg))
+    with _TerminationToInterrupt() as termination:
+        for phase in _phases(cfg):
+            writer = ResultsWriter(run_dir, static=static, index_offset=offset, phase=phase)
+            total = len(grid_trials(cfg)) if phase == "grid" else cfg.num_samples
+            progress = ProgressTable(concurrency, progress_interval_s, title=phase, total=total)
+            tuner = _tuner(cfg, phase, trainable, [writer, progress], concurrency)
+            grid = tuner.fit()
+            # Ctrl-C makes Tune stop its trials and return normally, with the stopped trials not
+            # errored: a trial that ended without its final report means the sweep was cut short.
+            unfinished = [
+                r for r in grid if r.error is None and not (r.metrics or {}).get("is_final")
+            ]
+            if (
+                termination.received
+                or unfinished
+                or len(grid) > grid.num_terminated + grid.num_errors
+            ):
+                write_manifest(run_dir, cfg.to_dict(), status="interrupted", **static)
+                raise SweepInterrupted.in_phase(phase, cfg, terminated=termination.received)
+            if phase == "search":
+                stale = fail_stale_optuna_trials(run_dir, cfg.run_name)
+                if stale:
+                    print(f"marked {stale} stale RUNNING Optuna trial(s) FAIL", flush=True)
+            if phase == "grid":
+                offset = len(grid_trials(cfg))
 
     trials = read_trials(run_dir)
     status = trials.groupby("trial_id")["status"].last() if len(trials) else pd.Series([])
@@ -610,18 +713,15 @@ def run_sweep(
 
 
 def _write_reports(run_dir: Path) -> list[Path]:
-    """The analysis engineer's tables and figures; a failure there never costs the results."""
-    try:
-        from ermgap_ray.report import write_reports
-    except ImportError:
-        return []
+    """The paper's tables and figures; a failure there never costs the results."""
+    from ermgap_ray.report import write_reports
+
     try:
         written = write_reports(run_dir)
     except Exception as err:  # noqa: BLE001 - results are on disk; the report is a bonus
         print(f"warning: report failed ({err.__class__.__name__}: {err})", flush=True)
         return []
-    paths = written.values() if isinstance(written, dict) else written or []
-    return [Path(p) for p in paths]
+    return [Path(p) for p in written.values()]
 
 
 SUMMARY_METRICS = ("dev/wf1", "dev/max_gap_wf1", "test/wf1", "test/max_gap_wf1")
@@ -645,34 +745,30 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["_order", "modality"]).drop(columns=["_order", "cell"])
 
 
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The printed summary: one row per family × modality, cells `mean ± half-width` in points;
+    `n/a (1 seed)` where one seed gives no interval."""
+    metrics = [m for m in SUMMARY_METRICS if f"{m}_mean" in summary.columns]
+    table = summary[["family", "modality", "n"]].copy()
+    for m in metrics:
+        mean = 100 * summary[f"{m}_mean"]
+        half = 100 * (summary[f"{m}_mean"] - summary[f"{m}_lo"])
+        cells = mean.map("{:.1f}".format) + " ± " + half.map("{:.1f}".format)
+        cells[summary["n"] < 2] = mean.map("{:.1f}".format) + " (n/a, 1 seed)"
+        cells[mean.isna()] = "nan"
+        table[m] = cells
+    return table
+
+
 def format_summary(
     summary: pd.DataFrame, run_dir: Path, n_ok: int, n_err: int, reports: list[Path]
 ) -> str:
     lines = [f"trials: {n_ok} finished, {n_err} failed"]
     if not summary.empty:
-        metrics = [m for m in SUMMARY_METRICS if f"{m}_mean" in summary.columns]
-        head = f"{'family':<12} {'modality':<10} {'n':>2} " + " ".join(f"{m:>18}" for m in metrics)
-        lines += ["", head, "-" * len(head)]
-        rows = summary.rename(columns=lambda c: c.replace("/", "_"))
-        for row in rows.itertuples(index=False):
-            cells = []
-            for m in metrics:
-                mean, lo = getattr(row, _attr(m, "mean")), getattr(row, _attr(m, "lo"))
-                half = mean - lo
-                cells.append(
-                    f"{'nan':>18}"
-                    if math.isnan(mean)
-                    else f"{100 * mean:>10.1f} ± {100 * half:>5.1f}"
-                )
-            lines.append(f"{row.family:<12} {row.modality:<10} {row.n:>2} " + " ".join(cells))
+        lines += ["", summary_table(summary).to_string(index=False)]
         lines.append("(percent; mean ± 95% CI half-width over seeds)")
     lines += ["", f"results: {run_dir / 'trials.parquet'}", f"manifest: {run_dir / MANIFEST_FILE}"]
     if (run_dir / OPTUNA_DB).is_file():
         lines.append(f"optuna: sqlite:///{run_dir / OPTUNA_DB}")
     lines += [f"report: {p}" for p in reports]
     return "\n".join(lines)
-
-
-def _attr(metric: str, suffix: str) -> str:
-    """itertuples renames columns that are not identifiers to _<position>; so no '/'."""
-    return f"{metric}_{suffix}".replace("/", "_")

@@ -6,39 +6,84 @@ import argparse
 import sys
 
 from ermgap_ray.config import help_lines
-from ermgap_ray.train import user_errors
+from ermgap_ray.errors import user_errors
 
 PRESETS = """presets (sweeps/<name>.yaml; flags below override them):
   paper   the paper's ablation grid: zero-shot, ERM, fixed lambda x p in {1,2}, adaptive
-          lambda x p in {1,2}, Group DRO and mean-gap, x modality {audio, audio+text} x 3 seeds
+          lambda x p in {1,2}, Group DRO and mean-gap, x modality {audio, audio+text} x seeds
   search  Optuna multi-objective search (max dev/wf1, min dev/max_gap_wf1) over p, fixed vs
           adaptive lambda (lam | eta, epsilon, lam_max, lam as lambda_0), lr and lora_r
   smoke   a tiny grid then a tiny search, one epoch each: the CI check that it all runs
+
+executors (--executor):
+  auto    train whenever a trial has more than one worker or any GPU, else tune
+  tune    the trial's loop runs inside its Tune trainable: one CPU worker, no worker group
+  train   a Ray Train TorchTrainer per trial, with DeepSpeed ZeRO (data parallel, GPUs)
+
+--resume continues STORAGE/NAME exactly as it was started (sweep.json): --cluster and
+--storage may change; any other flag or --set that differs from sweep.json is refused.
 """
+EXAMPLES = """examples:
+  python sweeps/ablation.py --cluster auto                  # the paper's grid on the twin
+  python sweeps/ablation.py --preset smoke --name try1      # a 2-minute end-to-end check
+  python sweeps/ablation.py --preset search --num-samples 32 --set epochs=2
+  python sweeps/ablation.py --seeds 5 --set data=meld-st:/data/MELD-ST \
+      --set backbone=/ckpt/Qwen2-Audio-7B --workers-per-trial 4 --gpus-per-worker 1
+  python sweeps/ablation.py --name paper --resume           # after Ctrl-C, SIGTERM or a crash
+"""
+# Flags that name a SweepConfig knob; None means "not given", so the preset's value holds.
+FLAG_KNOBS = (
+    "name",
+    "cluster",
+    "storage",
+    "workers_per_trial",
+    "gpus_per_worker",
+    "executor",
+    "max_concurrent",
+    "num_samples",
+    "sampler",
+    "seeds",
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults on every flag, and the epilog kept as written."""
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python sweeps/ablation.py",
         description="Run an ERM-MinMaxGAP sweep on a Ray cluster; results go to STORAGE/NAME "
-        "(trials.parquet, sweep.json, optuna.db, Ray's restorable experiment, reports).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "(trials.parquet, sweep.json, optuna.db, Ray's restorable experiment, reports). "
+        "Flags left out keep the preset's value.",
+        formatter_class=_HelpFormatter,
         epilog=PRESETS
         + "\ntrial config keys (for --set and a preset's `trial:`):\n"
-        + "\n".join(help_lines()),
+        + "\n".join(help_lines())
+        + "\n\n"
+        + EXAMPLES,
     )
-    p.add_argument("--preset", default="paper", help="paper | search | smoke | a YAML path.")
+    p.add_argument(
+        "--preset", default=None, help="paper | search | smoke | a YAML path (default: paper)."
+    )
     p.add_argument(
         "--cluster",
-        help="auto (default: RAY_ADDRESS, else a running local head, else start one here), "
-        "local (always start one here) or HOST:PORT.",
+        help="auto (RAY_ADDRESS, else a running local head, else start one here), "
+        "local (always start one here) or HOST:PORT (preset: auto).",
     )
-    p.add_argument("--name", help="Run name (default: the preset's name).")
-    p.add_argument("--storage", help="Folder of run directories (default: runs).")
-    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (1).")
-    p.add_argument("--gpus-per-worker", type=float, help="GPUs per Train worker (0 = CPU).")
+    p.add_argument("--name", help="Run name (preset: the preset's name).")
+    p.add_argument("--storage", help="Folder of run directories (preset: runs).")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (preset: 1).")
     p.add_argument(
-        "--max-concurrent", type=int, help="Trials at once (default: as many as fit the cluster)."
+        "--gpus-per-worker", type=float, help="GPUs per trial worker; 0 = CPU (preset: 0)."
+    )
+    p.add_argument(
+        "--executor",
+        choices=("auto", "tune", "train"),
+        help="Where a trial's loop runs (see 'executors' below; preset: auto).",
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, help="Trials at once (preset: as many as fit the cluster)."
     )
     p.add_argument("--num-samples", type=int, help="Search: number of Optuna trials.")
     p.add_argument("--sampler", choices=("nsga2", "tpe", "random"), help="Search: sampler.")
@@ -47,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
         "--objective",
         action="append",
         metavar="METRIC:max|min",
-        help="Search objective, repeatable (default: dev/wf1:max dev/max_gap_wf1:min).",
+        help="Search objective, repeatable (preset: dev/wf1:max dev/max_gap_wf1:min).",
     )
     p.add_argument(
         "--resume", action="store_true", help="Continue STORAGE/NAME; finished trials are kept."
@@ -61,26 +106,22 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from ermgap_ray.config import parse_overrides
     from ermgap_ray.sweep import load_sweep_config, run_sweep
 
-    flags = {
-        "name": args.name,
-        "cluster": args.cluster,
-        "storage": args.storage,
-        "workers_per_trial": args.workers_per_trial,
-        "gpus_per_worker": args.gpus_per_worker,
-        "max_concurrent": args.max_concurrent,
-        "num_samples": args.num_samples,
-        "sampler": args.sampler,
-        "seeds": args.seeds,
-        "objectives": args.objective,
-        "resume": args.resume or None,
-    }
+    flags = {knob: getattr(args, knob) for knob in FLAG_KNOBS}
+    flags["objectives"] = args.objective
+    flags["resume"] = args.resume or None
     try:
-        run_sweep(load_sweep_config(args.preset, flags, args.set), quiet=not args.debug)
+        explicit = {k for k, v in flags.items() if v is not None}
+        explicit |= {f"trial.{k}" for k in parse_overrides(args.set)}
+        if args.preset is not None:
+            explicit.add("preset")
+        cfg = load_sweep_config(args.preset or "paper", flags, args.set)
+        run_sweep(cfg, quiet=not args.debug, explicit=explicit)
     except KeyboardInterrupt as err:
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
-        return 130
+        return 143 if getattr(err, "terminated", False) else 130
     except user_errors() as err:
         if args.debug:
             raise

@@ -29,8 +29,12 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class TrainWorkerKiller(threading.Thread):
-    """SIGKILLs the first Ray Train worker process once `root.glob(pattern)` finds a file (a
-    written checkpoint), so the kill lands mid-trial; `killed` holds the pid it killed."""
+    """SIGKILLs the process running a trial's loop once `root.glob(pattern)` finds a file (a
+    written checkpoint), so the kill lands mid-trial; `killed` holds the pid it killed.
+
+    Under the train executor that is the first Ray Train worker; under the tune executor it is
+    the Tune trainable whose trial folder holds the checkpoint (its pid is in result.json).
+    """
 
     def __init__(self, root: Path, pattern: str) -> None:
         super().__init__(daemon=True)
@@ -38,16 +42,25 @@ class TrainWorkerKiller(threading.Thread):
         self.killed: list[int] = []
 
     def run(self) -> None:
+        import json
+
         import psutil
 
         deadline = time.time() + 300
-        while time.time() < deadline and not list(self.root.glob(self.pattern)):
+        found: list[Path] = []
+        while time.time() < deadline and not found:
+            found = list(self.root.glob(self.pattern))
             time.sleep(0.2)
         for proc in psutil.process_iter(["pid", "cmdline"]):
             if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
                 proc.kill()
                 self.killed.append(proc.info["pid"])
                 return
+        if found:  # no Train worker: the loop runs in the trial's own Tune trainable
+            result_json = found[0].parents[1] / "result.json"
+            pid = json.loads(result_json.read_text().splitlines()[-1])["pid"]
+            psutil.Process(pid).kill()
+            self.killed.append(pid)
 
 
 @pytest.fixture

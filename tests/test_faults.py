@@ -50,7 +50,7 @@ def test_run_names_cannot_escape_the_storage_dir(name):
 
 
 def test_train_cli_refuses_an_escaping_name(small_corpus, tmp_path, capsys):
-    from ermgap_ray.train import main
+    from ermgap_ray.train.cli import main
 
     code = main(["--storage", str(tmp_path), "--name", "../out", "--set", f"data={small_corpus}"])
     assert code == 2 and "run name" in capsys.readouterr().err

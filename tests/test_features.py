@@ -279,6 +279,46 @@ def test_collate_contract(backbone: Path, records: pd.DataFrame, cache: Embeddin
     assert pickle.loads(pickle.dumps(collate_ser)) is collate_ser
 
 
+def _hand_padded(items: list[dict]) -> dict[str, torch.Tensor]:
+    """The loop collate_ser replaced with pad_sequence: the reference its output must equal."""
+    size, longest = len(items), max(len(it["input_ids"]) for it in items)
+    ids = torch.full((size, longest), items[0]["pad_id"], dtype=torch.long)
+    mask = torch.zeros((size, longest), dtype=torch.long)
+    frames = max(len(it["audio_embeds"]) for it in items)
+    embeds = torch.zeros((size, frames, items[0]["audio_embeds"].shape[1]))
+    audio_mask = torch.zeros((size, frames), dtype=torch.bool)
+    for b, it in enumerate(items):
+        ids[b, : len(it["input_ids"])], mask[b, : len(it["input_ids"])] = it["input_ids"], 1
+        embeds[b, : len(it["audio_embeds"])] = it["audio_embeds"]
+        audio_mask[b, : len(it["audio_embeds"])] = True
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "audio_embeds": embeds,
+        "audio_mask": audio_mask,
+    }
+
+
+def test_collate_equals_hand_padding() -> None:
+    rng = np.random.default_rng(0)
+    items = [
+        {
+            "input_ids": torch.from_numpy(rng.integers(0, 999, n)),
+            "pad_id": 7,
+            "label": b % 7,
+            "stratum": b % 6,
+            "gender": b % 2,
+            "row": b,
+            "audio_embeds": torch.from_numpy(rng.standard_normal((a, 8)).astype(np.float32)),
+        }
+        for b, (n, a) in enumerate([(5, 3), (9, 1), (2, 6), (9, 6)])
+    ]
+    batch, expected = collate_ser(items), _hand_padded(items)
+    for key, value in expected.items():
+        assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+    assert batch["labels"].tolist() == [0, 1, 2, 3] and batch["row"].dtype == torch.long
+
+
 def test_cached_dataset_never_reads_audio(
     backbone: Path, records: pd.DataFrame, tmp_path: Path
 ) -> None:

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -12,6 +13,8 @@ from ermgap_ray.metrics import (
     mean_ci,
     paired_bootstrap_gap_test,
     ser_report,
+    shuffled_null,
+    shuffled_null_gap,
 )
 
 K = len(EMOTIONS)
@@ -264,3 +267,77 @@ def test_mean_ci():
     half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} · s / √n with s = 1
     assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
     assert all(math.isnan(v) for v in mean_ci([]))
+
+
+def _null_case():
+    """en: 2 F + 2 M, samples 0 and 1 right, 2 and 3 wrong; de: one F and one M, both right;
+    ja: F only (NaN gaps, never the max)."""
+    y = np.array([0, 1, 0, 1, 2, 3, 4])
+    p = np.array([0, 1, 1, 0, 2, 3, 0])
+    languages = np.array(["en"] * 4 + ["de"] * 2 + ["ja"])
+    genders = np.array(["F", "F", "M", "M", "F", "M", "F"])
+    return y, p, languages, genders
+
+
+def test_shuffled_null_matches_enumerated_permutations():
+    y, p, languages, genders = _null_case()
+    # Every within-language relabelling keeps 2 F among en's 4 and 1 F among de's 2: 6 x 2
+    # equally likely assignments, each scored by ser_report.
+    exact = {"max_gap_acc": [], "max_gap_wf1": [], "gap_acc/de": []}
+    for en_f, de_f in itertools.product(itertools.combinations(range(4), 2), (4, 5)):
+        g = np.array(["M"] * 6 + ["F"])
+        g[list(en_f)] = "F"
+        g[de_f] = "F"
+        r = ser_report(y, p, languages, g)
+        for key in exact:
+            exact[key].append(r[key])
+    null = shuffled_null(y, p, languages, genders, n_permutations=6000, seed=1)
+    for key, values in exact.items():
+        support, counts = np.unique(values, return_counts=True)
+        assert set(np.round(null[key], 12)) <= set(np.round(support, 12)), key
+        for v, c in zip(support, counts, strict=True):
+            assert np.mean(np.isclose(null[key], v)) == pytest.approx(c / 12, abs=0.03), key
+    # en's ACC gap is 1 when both right answers land in one gender (2 of 6 splits), else 0.
+    assert null["max_gap_acc"].mean() == pytest.approx(1 / 3, abs=0.03)
+    assert (null["gap_acc/de"] == 0).all() and np.isnan(null["gap_acc/ja"]).all()
+
+
+def test_shuffled_null_gap_summary_and_permutation_p():
+    y, p, languages, genders = _null_case()
+    res = shuffled_null_gap(y, p, languages, genders, metric="acc", n_permutations=400, seed=2)
+    null = res["null"]
+    assert res["observed"] == 1.0 and null.shape == (400,)
+    assert res["mean"] == pytest.approx(null.mean())
+    assert res["p95"] == pytest.approx(np.percentile(null, 95))
+    assert res["p_value"] == pytest.approx((1 + np.sum(null >= 1.0)) / 401)
+    same = shuffled_null_gap(y, p, languages, genders, "max_gap_acc", n_permutations=400, seed=2)
+    assert np.array_equal(same["null"], null)
+    other = shuffled_null_gap(y, p, languages, genders, "acc", n_permutations=400, seed=3)
+    assert not np.array_equal(other["null"], null)
+    with pytest.raises(ValueError, match="unknown gap metric"):
+        shuffled_null_gap(y, p, languages, genders, metric="f1")
+
+
+def test_shuffled_null_of_perfect_predictions_is_zero():
+    y, _, languages, genders = biased_data(300)
+    res = shuffled_null_gap(y, y, languages, genders, n_permutations=50)
+    assert res["observed"] == 0.0 and res["mean"] == 0.0 and res["p95"] == 0.0
+
+
+def test_gender_blind_predictions_sit_inside_the_null():
+    """Predictions drawn independently of gender: the observed max gap is a draw from the
+    null, so it rarely passes the null's 95th percentile; a planted gap always does."""
+    exceed = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        n = 600
+        languages, genders = rng.choice(["en", "ja", "de"], n), rng.choice(["F", "M"], n)
+        y = rng.integers(0, K, n)
+        p = np.where(rng.random(n) < 0.6, y, rng.integers(0, K, n))
+        res = shuffled_null_gap(y, p, languages, genders, n_permutations=200, seed=seed)
+        assert res["observed"] > 0 and res["mean"] > 0  # finite cells: |noise| > 0
+        exceed += res["observed"] > res["p95"]
+    assert exceed <= 4  # expected 1 in 20
+    y, p, languages, genders = biased_data(3000)
+    res = shuffled_null_gap(y, p, languages, genders, metric="acc", n_permutations=200)
+    assert res["observed"] > 0.3 > res["p95"] and res["p_value"] == pytest.approx(1 / 201)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
+import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +26,16 @@ from ermgap_ray.model import (
     AUDIO_TOKEN,
     BackboneError,
     SERModel,
+    audio_window_seconds,
     build_prompt,
+    checkpoint_problem,
     default_backbone_dir,
     label_token_ids,
     load_backbone_assets,
     materialize_tiny_backbone,
     num_audio_tokens,
     resolve_backbone,
+    trainable_parameters,
 )
 
 
@@ -125,6 +132,78 @@ def test_default_backbone_lives_under_ermgap_cache(
     assert (default_backbone_dir() / "model.safetensors").is_file()
 
 
+def _header_length(file: Path) -> int:
+    return struct.unpack("<Q", file.read_bytes()[:8])[0]
+
+
+@pytest.mark.parametrize(
+    ("keep", "reason"),
+    [
+        (lambda f: 4, r"truncated \(4 bytes, not even a header\)"),
+        (
+            lambda f: 8 + _header_length(f) - 1,
+            r"truncated \(\d+ bytes, its header alone needs \d+\)",
+        ),
+        (lambda f: f.stat().st_size // 2, r"truncated \(\d+ bytes, its header needs \d+\)"),
+        (lambda f: f.stat().st_size - 1, r"truncated \(\d+ bytes, its header needs \d+\)"),
+    ],
+)
+def test_truncated_weights_are_one_line_naming_the_file(
+    backbone: Path, tmp_path: Path, keep, reason: str
+) -> None:
+    """Used to be a 33-line safetensors traceback when the model loaded."""
+    copy = Path(shutil.copytree(backbone, tmp_path / "bb"))
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: keep(weights)])
+    for load in (resolve_backbone, load_backbone_assets):
+        with pytest.raises(BackboneError) as err:
+            load(str(copy))
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"{copy}: model.safetensors is ")
+        assert re.fullmatch(reason, msg[len(f"{copy}: model.safetensors is ") :])
+    assert checkpoint_problem(backbone) is None
+
+
+def test_missing_tokenizer_is_named(backbone: Path, tmp_path: Path) -> None:
+    """transformers used to build an empty tokenizer, reported as an <|AUDIO|> id mismatch."""
+    copy = Path(shutil.copytree(backbone, tmp_path / "bb"))
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(BackboneError) as err:
+        load_backbone_assets(copy)
+    assert str(err.value) == f"{copy} has no tokenizer (tokenizer.json / vocab files missing)"
+    (copy / "vocab.json").write_text("{}")
+    (copy / "merges.txt").write_text("")
+    assert checkpoint_problem(copy) is None
+    (copy / "preprocessor_config.json").unlink()
+    assert "has no preprocessor_config.json" in checkpoint_problem(copy)
+
+
+def test_damaged_default_backbone_is_materialised_again(
+    backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """The cached tiny default repairs itself (like the encoder cache); a user's dir does not."""
+    monkeypatch.setenv("ERMGAP_CACHE", str(tmp_path))
+    target = default_backbone_dir()
+    shutil.copytree(backbone, target)
+    weights = target / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="ermgap_ray.model"):
+        assert resolve_backbone(None) == target
+    assert (
+        "materialising it again: " in caplog.text
+        and "model.safetensors is truncated" in caplog.text
+    )
+    assert _digests(target) == _digests(backbone)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(BackboneError, match="not a complete checkpoint .*truncated"):
+        materialize_tiny_backbone(target)
+
+
+def test_audio_window_seconds(backbone: Path) -> None:
+    assert audio_window_seconds(backbone) == 4.0
+
+
 def test_label_words_are_single_distinct_tokens(assets) -> None:
     ids = label_token_ids(assets.tokenizer)
     assert len(set(ids)) == len(EMOTIONS) == 7
@@ -190,6 +269,8 @@ def test_lora_sits_in_language_model_attention_only(backbone: Path) -> None:
     assert not any("audio_tower" in n or "projector" in n for n in names)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    by_name = dict(model.named_parameters())
+    assert [id(p) for p in trainable_parameters(model)] == [id(by_name[n]) for n in trainable]
     assert model.uses_frozen_encoder
     assert not any(k.startswith("front_end") for k in model.state_dict())
 

@@ -21,10 +21,12 @@ import soundfile as sf
 from ermgap_ray.cluster import probe
 from ermgap_ray.config import TrialConfig
 from ermgap_ray.data.io import resolve_data
+from ermgap_ray.errors import user_errors
 from ermgap_ray.model import resolve_backbone
 from ermgap_ray.results import error_summary
 from ermgap_ray.sweep import SweepInterrupted, load_sweep_config
-from ermgap_ray.train import _checkpoint_error, run_local, user_errors
+from ermgap_ray.train import run_local
+from ermgap_ray.train.session import checkpoint_error
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PLACEHOLDERS = {"…": ".*?", "PATH": ".+?", "NAME": r"\S+", "HOST:PORT": r"\S+"}
@@ -96,7 +98,7 @@ def _nonfinite(small_corpus: Path, tmp_path: Path) -> str:
         data=str(small_corpus), epochs=1, batch_size=4, lambda_mode="fixed", lam=1e300
     )
     with pytest.raises(FloatingPointError) as err:
-        run_local(cfg, tmp_path / "nan", engine_kind="torch", verbose=False)
+        run_local(cfg, tmp_path / "nan", engine="torch", verbose=False)
     return error_summary(f"Traceback ...\n{err.value.__class__.__name__}: {err.value}")
 
 
@@ -133,7 +135,7 @@ def produced(small_corpus: Path, tmp_path: Path, free_port: int) -> Callable[[st
         "does not exist": lambda: _user_error(lambda: resolve_backbone(tmp_path / "none")),
         "no Ray cluster": lambda: _user_error(lambda: probe(f"127.0.0.1:{free_port}")),
         "NonFiniteLoss": lambda: _nonfinite(small_corpus, tmp_path),
-        "could not write": lambda: f"error: {_checkpoint_error(3, tmp_path, disk_full)}",
+        "could not write": lambda: f"error: {checkpoint_error(3, tmp_path, disk_full, tmp_path)}",
         "interrupted": lambda: (
             "interrupted: " + str(SweepInterrupted.in_phase("grid", load_sweep_config("paper")))
         ),

@@ -20,10 +20,12 @@ import pytest
 from scipy import stats
 
 from ermgap_ray.data.schema import LANGUAGES, MODALITIES
+from ermgap_ray.metrics import shuffled_null_gap
 from ermgap_ray.pareto import hypervolume, select_operating_point
+from ermgap_ray.registry import GAP_KINDS
 from ermgap_ray.report import (
-    GAP_KINDS,
     TABLE_METRICS,
+    ablation_cells,
     ablation_frame,
     ablation_table,
     hypervolume_over_trials,
@@ -32,7 +34,7 @@ from ermgap_ray.report import (
     plot_hypervolume,
     plot_pareto,
     render_ablation,
-    welch_less,
+    with_null_columns,
     write_reports,
 )
 
@@ -246,7 +248,7 @@ def test_golden_files_are_the_generator_output(kind: str, tmp_path: Path) -> Non
     df, sweep = load_run(GOLDEN / kind)
     expected, expected_sweep = load_run(write_golden(kind, tmp_path / kind))
     pd.testing.assert_frame_equal(df, expected)
-    assert sweep == expected_sweep
+    assert sweep.raw == expected_sweep.raw
     assert sum(p.stat().st_size for p in GOLDEN.rglob("*") if p.is_file()) < 200_000
 
 
@@ -345,7 +347,7 @@ def test_plot_pareto_renders_with_operating_point(paper: pd.DataFrame) -> None:
 
 def test_hypervolume_over_trials_on_search_run() -> None:
     df, sweep = load_run(GOLDEN / "search")
-    hv = hypervolume_over_trials(df, sweep["objectives"])
+    hv = hypervolume_over_trials(df, sweep.objectives)
     assert hv["n_trials"].tolist() == list(range(1, 13))
     assert np.all(np.diff(hv["hypervolume"]) >= 0)
     first = df[(df["trial_index"] == 0) & df["is_final"]].iloc[0]
@@ -376,24 +378,20 @@ def test_ablation_frame_numbers(paper: pd.DataFrame) -> None:
     assert row["wf1/ja"] == pytest.approx(100 * ada["test/wf1/ja"].mean())
     half = stats.t.ppf(0.975, 2) * ada["test/max_gap_avg"].std(ddof=1) / math.sqrt(3)
     assert row["max_gap_avg_pm"] == pytest.approx(100 * half)
-    gap_e, gap_a = erm["test/max_gap_wf1"], ada["test/max_gap_wf1"]
-    assert row["delta"] == pytest.approx(100 * (gap_e.mean() - gap_a.mean()))
-    welch = stats.ttest_ind(gap_a, gap_e, equal_var=False, alternative="less").pvalue
-    assert row["p_value"] == pytest.approx(welch) and row["test"] == "welch"
+    for metric in ("wf1", "max_gap_wf1"):
+        a = ada.set_index("seed")[f"test/{metric}"]
+        e = erm.set_index("seed")[f"test/{metric}"]
+        d = 100 * (a - e[a.index])  # paired by seed
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        assert row[f"delta_{metric}"] == pytest.approx(d.mean())
+        assert row[f"delta_{metric}_lo"] == pytest.approx(d.mean() - half)
+        assert row[f"delta_{metric}_hi"] == pytest.approx(d.mean() + half)
+        assert row[f"p_{metric}"] == pytest.approx(stats.ttest_rel(a, e[a.index]).pvalue)
+    assert row["n_pairs"] == 3 and row["delta_max_gap_wf1"] < 0
     erm_row = frame[(frame["family"] == "erm")].iloc[0]
-    assert math.isnan(erm_row["delta"]) and erm_row["test"] == ""
-
-
-def test_welch_less_handles_identical_seeds() -> None:
-    assert welch_less([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) != welch_less([1.0, 1.0], [1.0, 1.0])
-    assert math.isnan(welch_less([1.0], [2.0, 3.0]))
-    p = welch_less([0.1, 0.1, 0.1], [0.5, 0.6, 0.7])
-    assert p == pytest.approx(
-        stats.ttest_ind(
-            [0.1001, 0.1, 0.0999], [0.5, 0.6, 0.7], equal_var=False, alternative="less"
-        ).pvalue,
-        abs=1e-3,
-    )
+    assert math.isnan(erm_row["delta_max_gap_wf1"]) and erm_row["n_pairs"] == 0
+    assert frame["reference"].tolist() == (frame["family"] == "zero-shot").tolist()
+    assert frame.filter(like="null_").isna().all().all(), "no logged nulls, no predictions"
 
 
 @pytest.mark.parametrize("fmt", ["md", "latex"])
@@ -405,57 +403,157 @@ def test_ablation_table_bold_best_and_delta(paper: pd.DataFrame, fmt: str) -> No
     cells = [
         [c.strip() for c in ln.strip("| \\").split("|" if fmt == "md" else "&")] for ln in lines
     ]
-    assert len(cells) == 16 and {len(row) for row in cells} == {2 + len(TABLE_METRICS) + 2}
-    trained = frame["family"] != "zero-shot"
+    assert len(cells) == 16 and {len(row) for row in cells} == {3 + len(TABLE_METRICS) + 4}
+    trained = ~frame["reference"]
     for j, metric in enumerate(TABLE_METRICS):
         best = frame.loc[trained, metric].round(1).agg("min" if "gap" in metric else "max")
-        bold_cells = [row[2 + j] for row in cells if bold in row[2 + j]]
+        bold_cells = [row[3 + j] for row in cells if bold in row[3 + j]]
         assert bold_cells and all(f"{best:.1f}" in c for c in bold_cells), metric
     assert not any(bold in cell for row in cells if row[0].startswith("Zero") for cell in row)
     assert len([ln for ln in lines if ln.lstrip("| ").startswith("ERM")]) == 2
     ada = [ln for ln in lines if "p=1" in ln and ("Adaptive" in ln) and "audio+text" not in ln][0]
-    delta = frame[(frame["family"] == "adaptive-p1") & (frame["modality"] == "audio")]["delta"]
-    assert f"+{delta.iloc[0]:.1f}" in ada
+    row = frame[(frame["family"] == "adaptive-p1") & (frame["modality"] == "audio")].iloc[0]
+    for m in ("wf1", "max_gap_wf1"):
+        lo, hi = row[f"delta_{m}_lo"], row[f"delta_{m}_hi"]
+        want = f"{row[f'delta_{m}']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+        assert (want if fmt == "md" else want.replace("-", "$-$")) in ada
     best_gap = frame.loc[trained, "max_gap_wf1"].round(1).min()
-    assert f"{best_gap:.1f}" in ada and (
-        f"**{best_gap:.1f}" in ada or rf"\textbf{{{best_gap:.1f}" in ada
-    )
+    assert f"**{best_gap:.1f}" in ada or rf"\textbf{{{best_gap:.1f}" in ada
     if fmt == "md":
-        assert "Δ W-F1 gap" in text.splitlines()[0]
-        assert "λ" in text
+        header = text.splitlines()[0]
+        assert "Δ W-F1 gap" in header and "| n |" in header and "λ" in text
+        assert "paired t-test" in text
     else:
         assert r"$\Delta$" in text and r"\toprule" in text and "λ" not in text and "±" not in text
         assert text.count(r"\midrule") == 2
 
 
-def test_ablation_uses_paired_bootstrap_when_predictions_exist(run_copy: Path) -> None:
-    df, _ = load_run(run_copy / "paper")
-    final = df[df["is_final"] & (df["modality"] == "audio")]
+def test_ablation_cells_are_the_frame_formatted(paper: pd.DataFrame) -> None:
+    frame = ablation_frame(paper)
+    cells = ablation_cells(frame)
+    assert len(cells) == len(frame) and cells.columns[:3].tolist() == ["Method", "Modality", "n"]
+    r, c = frame.iloc[1], cells.iloc[1]
+    assert c["W-F1 All"] == f"{r['wf1']:.1f} ± {r['wf1_pm']:.1f}"
+    assert c["Δ W-F1"] == "–" and r["family"] == "erm"
+
+
+def test_one_seed_rows_say_na_not_pm_zero(paper: pd.DataFrame) -> None:
+    one = paper[paper["seed"] == 0]
+    frame = ablation_frame(one)
+    assert (frame["n"] == 1).all() and frame["wf1_pm"].isna().all()
+    text = render_ablation(frame)
+    assert "± 0.0" not in text and "n/a (1 seed)" in text
+    ada = [ln for ln in text.splitlines() if ln.startswith("| Adaptive λ, p=1 | audio |")][0]
+    assert "[n/a (1 seed)]" in ada and ada.rstrip(" |").endswith("n/a (1 seed)")
+
+
+def test_zero_epoch_rows_never_compete(paper: pd.DataFrame) -> None:
+    df = paper.copy()
+    untrained = df["family"] == "zero-shot"
+    # A 0-epoch model under another family name with the best gap of all: still a reference.
+    df.loc[untrained, "family"] = "custom"
+    df.loc[untrained, [f"test/max_gap_{m}" for m in GAP_KINDS]] = 0.0
+    frame = ablation_frame(df)
+    assert frame.loc[frame["family"] == "custom", "reference"].all()
+    cells = ablation_cells(frame)
+    custom = cells[frame["family"] == "custom"]
+    assert not custom.apply(lambda col: col.str.contains(r"\*\*")).any().any()
+    assert cells.loc[~frame["reference"], "Gap W-F1"].str.contains(r"\*\*").any()
+
+
+def _write_predictions(run: Path, final: pd.DataFrame, bias: dict[str, float]) -> None:
+    """Per-trial test predictions: ja/F is wrong with probability bias[family]."""
     rng = np.random.default_rng(0)
     n = 600
     y = rng.integers(0, 7, n)
     langs = np.repeat(np.array(LANGUAGES), n // 3)
     genders = np.tile(np.array(["F", "M"]), n // 2)
-    biased = (langs == "ja") & (genders == "F")
-    pred_dir = run_copy / "paper" / "predictions"
-    pred_dir.mkdir()
-    for family, noise in (("erm", 0.7), ("adaptive-p1", 0.0)):
-        for _, trial in final[final["family"] == family].iterrows():
-            wrong = biased & (rng.random(n) < noise)
-            pred = np.where(wrong, (y + 1) % 7, y)
-            np.savez(
-                pred_dir / f"{trial['trial_id']}.npz",
-                y_true=y,
-                y_pred=pred,
-                languages=langs,
-                genders=genders,
-            )
-    frame = ablation_frame(df, run_dir=run_copy / "paper")
-    row = frame[(frame["family"] == "adaptive-p1") & (frame["modality"] == "audio")].iloc[0]
-    assert row["test"] == "paired-bootstrap" and row["p_value"] < 0.01
-    others = frame[(frame["family"] == "fixed-p1")]
-    assert (others["test"] == "welch").all()
-    assert "†" in render_ablation(frame)
+    pred_dir = run / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    for _, trial in final.iterrows():
+        wrong = (langs == "ja") & (genders == "F") & (rng.random(n) < bias.get(trial["family"], 0))
+        noise = rng.random(n) < 0.3
+        pred = np.where(wrong | noise, (y + 1) % 7, y)
+        np.savez(
+            pred_dir / f"{trial['trial_id']}.npz",
+            utt_id=np.arange(n).astype(str),
+            y_true=y,
+            y_pred=pred,
+            languages=langs,
+            genders=genders,
+        )
+
+
+def test_null_columns_from_predictions_and_logged_values(run_copy: Path) -> None:
+    run = run_copy / "paper"
+    df, _ = load_run(run)
+    final = df[df["is_final"] & (df["family"].isin(["erm", "adaptive-p1"]))]
+    _write_predictions(run, final, {"erm": 0.7})
+    out = with_null_columns(df, "test", ["max_gap_wf1", "gap_acc/ja"], run_dir=run)
+    trial = final.iloc[0]
+    with np.load(run / "predictions" / f"{trial['trial_id']}.npz") as z:
+        want = shuffled_null_gap(z["y_true"], z["y_pred"], z["languages"], z["genders"], "wf1")
+    got = out.loc[out["trial_id"] == trial["trial_id"]].query("is_final").iloc[0]
+    assert got["test/null_max_gap_wf1"] == pytest.approx(want["mean"])
+    assert got["test/null_max_gap_wf1_p95"] == pytest.approx(want["p95"])
+    assert got["test/null_gap_acc/ja"] > 0
+    covered = out["trial_id"].isin(final["trial_id"]) & out["is_final"]
+    assert out.loc[covered, "test/null_max_gap_wf1"].notna().all()
+    assert out.loc[~covered, "test/null_max_gap_wf1"].isna().all()
+    # A value the training loop logged is kept, not recomputed.
+    logged = df.assign(**{"test/null_max_gap_wf1": 0.5})
+    kept = with_null_columns(logged, "test", ["max_gap_wf1"], run_dir=run)
+    assert (kept["test/null_max_gap_wf1"] == 0.5).all()
+    assert with_null_columns(df, "dev", ["max_gap_wf1"], run)["dev/null_max_gap_wf1"].isna().all()
+
+    frame = ablation_frame(df, run_dir=run)
+    erm = frame[(frame["family"] == "erm") & (frame["modality"] == "audio")].iloc[0]
+    seeds = out[covered & (out["family"] == "erm") & (out["modality"] == "audio")]
+    assert erm["null_max_gap_wf1"] == pytest.approx(100 * seeds["test/null_max_gap_wf1"].mean())
+    assert erm["null_max_gap_wf1_p95"] > erm["null_max_gap_wf1"] > 0
+    line = [ln for ln in render_ablation(frame).splitlines() if ln.startswith("| ERM | audio |")][0]
+    assert (
+        f"{erm['max_gap_wf1']:.1f} ± {erm['max_gap_wf1_pm']:.1f} [{erm['null_max_gap_wf1']:.1f}]"
+        in line
+    )
+    assert "gender-shuffled null" in render_ablation(frame, format="latex")
+
+
+def test_pareto_frame_null_band(run_copy: Path) -> None:
+    run = run_copy / "paper"
+    df, _ = load_run(run)
+    assert (pareto_frame(df)["kind"] != "null").all(), "no null without predictions or columns"
+    final = df[df["is_final"] & (df["status"] == "TERMINATED")]
+    _write_predictions(run, final, {"erm": 0.5})
+    frame = pareto_frame(df, run_dir=run)
+    nulls = frame[frame["kind"] == "null"]
+    assert nulls["panel"].tolist() == list(MODALITIES)
+    assert (nulls["gap_metric"] == "test/null_max_gap_wf1").all(), "dev falls back to test"
+    with_null = with_null_columns(df, "test", ["max_gap_wf1"], run)
+    trained = final_rows_of(with_null)
+    for _, r in nulls.iterrows():
+        sub = trained[trained["modality"] == r["panel"]]
+        assert r["gap"] == pytest.approx(100 * sub["test/null_max_gap_wf1"].mean())
+        assert r["gap_hi"] == pytest.approx(100 * sub["test/null_max_gap_wf1_p95"].mean())
+        assert r["gap_lo"] == 0 and r["n"] == len(sub)
+    fig = plot_pareto(frame)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "shuffled-gender null (test split)" in labels and _png(fig).startswith(b"\x89PNG")
+    assert len(labels) == len(set(frame["family"]) - {""}) + 3, "null rows add no family"
+    logged = df.assign(**{"dev/null_max_gap_wf1": 0.01, "dev/null_max_gap_wf1_p95": 0.02})
+    own = pareto_frame(logged).query("kind == 'null'")
+    np.testing.assert_allclose(own[["gap", "gap_hi"]].to_numpy(), [[1.0, 2.0]] * 2)
+    fig = plot_pareto(pareto_frame(logged))
+    assert "shuffled-gender null" in [t.get_text() for t in fig.legends[0].get_texts()]
+    by_lang = pareto_frame(df, split="test", by_language=True, run_dir=run)
+    assert by_lang.query("kind == 'null'")["gap_metric"].tolist() == [
+        f"test/null_gap_wf1/{lang}" for lang in LANGUAGES
+    ]
+
+
+def final_rows_of(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df["is_final"] & (df["status"] == "TERMINATED") & (df["family"] != "zero-shot")
+    return df[ok]
 
 
 def test_write_reports(run_copy: Path) -> None:
@@ -465,6 +563,20 @@ def test_write_reports(run_copy: Path) -> None:
     assert paths["pareto_png"] == run_copy / "paper" / "figures" / "pareto.png"
     search = write_reports(run_copy / "search")
     assert search["hypervolume_png"].is_file() and search["hypervolume_pdf"].is_file()
+
+
+def test_write_reports_reads_the_objectives_nested_in_config(run_copy: Path) -> None:
+    """The sweep writes objectives as `metric:mode` strings under `config`; a top-level copy
+    (as in the golden files) is not what the reader goes by."""
+    run = run_copy / "paper"
+    sweep = json.loads((run / "sweep.json").read_text())
+    sweep.pop("objectives")
+    sweep["config"] |= {"name": "nested", "objectives": ["dev/wf1:max", "dev/max_gap_avg:min"]}
+    (run / "sweep.json").write_text(json.dumps(sweep))
+    paths = write_reports(run)
+    assert "Δ AVG gap" in paths["ablation_md"].read_text().splitlines()[0]
+    (run / "sweep.json").unlink()
+    assert "Δ W-F1 gap" in write_reports(run)["ablation_md"].read_text().splitlines()[0]
 
 
 def _cli(script: str, *args: str) -> subprocess.CompletedProcess[str]:

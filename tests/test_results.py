@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -16,16 +17,19 @@ from ray.tune.experiment import Trial
 
 from ermgap_ray.config import ConfigError, TrialConfig
 from ermgap_ray.results import (
+    MANIFEST_FILE,
     ROW_KEYS,
     TRIALS_FILE,
-    ResultsWriter,
+    SweepManifest,
     error_summary,
     group_hash,
+    load_trials,
     read_manifest,
     read_trials,
     split_trial_config,
     write_manifest,
 )
+from ermgap_ray.results_writer import ResultsWriter
 
 
 def _trial(trial_id: str, family: str = "erm", **values: object) -> Trial:
@@ -145,9 +149,10 @@ def test_error_summary_prefers_nonfinite_and_innermost_type() -> None:
 def test_manifest_round_trip(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, {"name": "x", "seeds": 3}, status="running")
     manifest = read_manifest(tmp_path)
-    assert json.loads(path.read_text()) == manifest
-    assert manifest["config"] == {"name": "x", "seeds": 3}
-    assert set(manifest["versions"]) == {
+    assert isinstance(manifest, SweepManifest) and manifest.path == path
+    assert json.loads(path.read_text()) == manifest.raw
+    assert manifest.config == {"name": "x", "seeds": 3} and manifest.name == "x"
+    assert set(manifest.versions) == {
         "python",
         "torch",
         "ray",
@@ -156,9 +161,82 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
         "peft",
         "optuna",
     }
-    assert manifest["versions"]["ray"].startswith("2.60")
-    assert manifest["git_commit"] is None or len(manifest["git_commit"]) == 40
-    assert manifest["status"] == "running"
+    assert manifest.versions["ray"].startswith("2.60")
+    assert manifest.git_commit is None or len(manifest.git_commit) == 40
+    assert manifest.status == "running" and manifest["status"] == "running"
+    assert not list(tmp_path.glob(f".{MANIFEST_FILE}*")), "temp files must not be left behind"
+
+
+def test_manifest_of_a_real_sweep_config_carries_its_name_and_objectives(tmp_path: Path) -> None:
+    """Issue 11: the writer nests name/objectives under `config` as `metric:mode` strings; the
+    one reader must give them back, not fall back to the defaults."""
+    from ermgap_ray.sweep import load_sweep_config
+
+    objectives = ["dev/wf1:max", "dev/max_gap_avg:min"]
+    cfg = load_sweep_config("search", {"name": "hv", "objectives": objectives})
+    write_manifest(tmp_path, asdict(cfg), status="finished", trials={"terminated": 2})
+    manifest = read_manifest(tmp_path)
+    assert manifest.name == "hv"
+    assert manifest.objectives == [("dev/wf1", "max"), ("dev/max_gap_avg", "min")]
+    assert manifest.constraints == [] and manifest.trials == {"terminated": 2}
+    unnamed = asdict(load_sweep_config("search")) | {"constraints": ["dev/max_gap_wf1<=0.05"]}
+    write_manifest(tmp_path, unnamed)
+    manifest = read_manifest(tmp_path)
+    assert manifest.name == "search" and manifest.constraints == ["dev/max_gap_wf1<=0.05"]
+    assert manifest.status == "unknown"
+
+
+def test_read_manifest_missing_and_broken(tmp_path: Path) -> None:
+    assert read_manifest(tmp_path, missing_ok=True) is None
+    with pytest.raises(FileNotFoundError, match=f"no {MANIFEST_FILE} in {tmp_path}"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="is not readable JSON"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {"objectives": ["dev/wf1:up"]})
+    with pytest.raises(ConfigError, match="dev/wf1:up"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0, 4, -30])
+def test_truncated_trials_file_names_the_file(tmp_path: Path, keep: int) -> None:
+    """Issue 14: an empty or cut-off file is named, not pyarrow's "Could not open Parquet input
+    source '<Buffer>'"."""
+    path = tmp_path / TRIALS_FILE
+    pd.DataFrame({"trial_id": ["a"] * 50, "is_final": [True] * 50}).to_parquet(path)
+    path.write_bytes(path.read_bytes()[:keep])
+    for reader in (read_trials, load_trials):
+        with pytest.raises(
+            ConfigError, match=r"trials\.parquet is truncated or not a Parquet"
+        ) as e:
+            reader(tmp_path)
+        assert str(path) in str(e.value) and "<Buffer>" not in str(e.value)
+        assert len(str(e.value).splitlines()) == 1
+
+
+def test_load_trials_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run directory not found"):
+        load_trials(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=f"no {TRIALS_FILE} in"):
+        load_trials(tmp_path)
+    pd.DataFrame({"trial_id": pd.Series([], dtype=str)}).assign(is_final=[]).to_parquet(
+        tmp_path / TRIALS_FILE
+    )
+    with pytest.raises(ConfigError, match="has no rows"):
+        load_trials(tmp_path)
+    pd.DataFrame({"trial_id": ["a", "b"], "is_final": [True, None]}).to_parquet(
+        tmp_path / TRIALS_FILE
+    )
+    assert load_trials(tmp_path)["is_final"].tolist() == [True, False]
+
+
+def test_results_module_imports_neither_ray_nor_torch() -> None:
+    code = (
+        "import sys, ermgap_ray.results as r; r.read_manifest; "
+        "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_read_trials_missing_dir_has_schema(tmp_path: Path) -> None:
@@ -168,7 +246,7 @@ def test_read_trials_missing_dir_has_schema(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from ray.tune.experiment import Trial
-from ermgap_ray.results import ResultsWriter
+from ermgap_ray.results_writer import ResultsWriter
 
 writer = ResultsWriter(sys.argv[1])
 extra = {f"dev/extra_{j}": float(j) for j in range(300)}  # ~0.5 MB: slow, tearable writes

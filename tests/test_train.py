@@ -10,7 +10,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from ermgap_ray.config import TrialConfig
-from ermgap_ray.train import LocalSession, NonFiniteLossError, main, run_local, run_loop
+from ermgap_ray.data.manifest import read_manifest, write_manifest
+from ermgap_ray.train import LocalSession, NonFiniteLossError, Recipe, run_local
+from ermgap_ray.train.cli import main
 
 
 @pytest.fixture
@@ -54,7 +56,7 @@ def test_resume_continues_exactly(cfg, tmp_path):
     cfg = cfg.replace(epochs=3)
     uninterrupted = run_local(cfg, tmp_path / "straight", verbose=False)
     with pytest.raises(_Interrupted):
-        run_loop(cfg, _DiesAfterFirstEpoch(tmp_path / "killed", keep=2), verbose=False)
+        Recipe(cfg, _DiesAfterFirstEpoch(tmp_path / "killed", keep=2), verbose=False).run()
     state = json.loads((tmp_path / "killed/checkpoints/epoch_1/trainer_state.json").read_text())
     assert state["epoch"] == 0
     resumed = run_local(cfg, tmp_path / "killed", resume=True, verbose=False)
@@ -80,12 +82,55 @@ def test_adaptive_lambda_follows_the_dev_gap(cfg, tmp_path):
     final = run_local(cfg, tmp_path, verbose=False)
     # λ_1 = clip(0.5 + 3·Δ_dev,0, 0, 0.9): a positive dev gap moves it up, and the clip holds.
     assert 0.5 < final["lambda"] <= 0.9
+    # λ after the last update is logged too, from the same rule.
+    expected = min(max(final["lambda"] + 3.0 * final["dev/loss_gap"], 0.0), 0.9)
+    assert final["lambda_next"] == pytest.approx(expected)
+
+
+def test_undefined_dev_gap_leaves_lambda_unchanged(small_corpus, tmp_path):
+    """A dev split in which no emotion occurs for both genders has no TPR gap (NaN); adaptive
+    λ must stay where it is, not step down by η·ε as a gap of 0 would make it."""
+    records = read_manifest(small_corpus)
+    dev = records["split"] == "dev"
+    female_only, male_only = ("neutral", "joy", "sadness"), ("anger", "surprise", "fear")
+    for gender, pool in (("F", female_only), ("M", male_only)):
+        rows = dev & (records["gender"] == gender)
+        records.loc[rows, "emotion"] = [pool[i % 3] for i in range(int(rows.sum()))]
+    write_manifest(records, tmp_path / "corpus" / "manifest.csv")
+    cfg = TrialConfig(
+        data=str(tmp_path / "corpus"),
+        epochs=2,
+        batch_size=8,
+        bootstrap=20,
+        lambda_mode="adaptive",
+        lam=0.5,
+        eta=1.0,
+        epsilon=0.1,
+        dev_gap_metric="tpr",
+    )
+    session = LocalSession(tmp_path / "run", keep=1)
+    Recipe(cfg, session, verbose=False).run()
+    assert [r["epoch"] for r in session.reports] == [1, 2]
+    assert all(np.isnan(r["dev/max_gap_tpr"]) for r in session.reports)
+    assert [(r["lambda"], r["lambda_next"]) for r in session.reports] == [(0.5, 0.5)] * 2
+
+
+def test_running_group_losses_and_stratum_coverage_are_logged(cfg, tmp_path):
+    final = run_local(cfg, tmp_path, verbose=False)
+    losses = {k: v for k, v in final.items() if k.startswith("train/loss/")}
+    assert len(losses) == 6 and all(np.isfinite(v) for v in losses.values())
+    gaps = [
+        abs(final[f"train/loss/{lang}_F"] - final[f"train/loss/{lang}_M"])
+        for lang in "en ja de".split()
+    ]
+    assert final["train/running_gap"] == pytest.approx(max(gaps))
+    assert 0.0 <= final["train/worst_valid_frac"] <= 1.0
 
 
 @pytest.mark.parametrize("engine", ["deepspeed", "torch"])
 def test_divergence_names_the_step_and_group_losses(cfg, tmp_path, engine):
     with pytest.raises(NonFiniteLossError, match=r"NonFiniteLoss: epoch \d+ step \d+.*group"):
-        run_local(cfg.replace(lr=1e30, epochs=3), tmp_path, engine_kind=engine, verbose=False)
+        run_local(cfg.replace(lr=1e30, epochs=3), tmp_path, engine=engine, verbose=False)
 
 
 def test_gradient_accumulation_and_every_objective_train(cfg, tmp_path):
@@ -93,7 +138,7 @@ def test_gradient_accumulation_and_every_objective_train(cfg, tmp_path):
         final = run_local(
             cfg.replace(objective=objective, grad_accum=2, batch_size=4, epochs=1),
             tmp_path / str(i),
-            engine_kind="torch",
+            engine="torch",
             verbose=False,
         )
         assert np.isfinite(final["train/loss"]) and final["epoch"] == 1

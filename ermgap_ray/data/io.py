@@ -1,15 +1,12 @@
-"""Manifest files and `resolve_data`, the single entry point from a `data` spec to records.
+"""`resolve_data`, the single entry point from a `data` spec to validated records.
 
-A manifest is a UTF-8 CSV with the schema's columns; its `audio` paths are relative to the
-manifest's folder on disk and absolute in memory, so a corpus folder can be moved or copied.
+The manifest format itself (read_manifest / write_manifest) lives in `manifest.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,14 +14,9 @@ import pandas as pd
 from ermgap_ray.data.manifest import MANIFEST, read_manifest
 from ermgap_ray.data.schema import COLUMNS
 from ermgap_ray.data.validate import DataValidationError, validate_records
+from ermgap_ray.fs import atomic_dir, cache_root
 
 MELD_PREFIX = "meld-st:"
-
-
-def default_cache_root() -> Path:
-    """`$ERMGAP_CACHE`, else `~/.cache/ermgap_ray`."""
-    env = os.environ.get("ERMGAP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "ermgap_ray"
 
 
 def data_fingerprint(df: pd.DataFrame, root: str | Path, mtimes: bool = True) -> str:
@@ -46,41 +38,46 @@ def data_fingerprint(df: pd.DataFrame, root: str | Path, mtimes: bool = True) ->
     return h.hexdigest()
 
 
-def _synthetic_default(cache_root: Path | None) -> Path:
-    """The default twin's folder, generated once; concurrent callers race to one rename."""
+def _synthetic_default(root: Path | None) -> Path:
+    """The default twin's folder, generated once; concurrent callers race to one rename.
+
+    The generator is imported here, not at module level, so that `python -m
+    ermgap_ray.data.synthetic` does not find its own module already imported via the package.
+    """
     from ermgap_ray.data.synthetic import SYNTHETIC_VERSION, make_corpus
 
-    target = (cache_root or default_cache_root()) / "data" / f"synthetic-{SYNTHETIC_VERSION}-seed0"
-    if (target / MANIFEST).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    try:
-        make_corpus(tmp, seed=0)
-        os.rename(tmp, target)
-    except OSError:
+    target = (root or cache_root()) / "data" / f"synthetic-{SYNTHETIC_VERSION}-seed0"
+    if not (target / MANIFEST).exists():
+        with atomic_dir(target) as tmp:
+            make_corpus(tmp, seed=0)
         if not (target / MANIFEST).exists():
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            raise DataValidationError(
+                f"{target} exists without {MANIFEST}; delete it to regenerate"
+            )
     return target
 
 
 def resolve_data(
-    spec: str | None, cache_root: Path | None = None, check_audio: bool = True
+    spec: str | None,
+    cache_root: Path | None = None,
+    check_audio: bool = True,
+    modality: str | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """(validated records, fingerprint) for a `data` spec.
 
     spec: None → the default synthetic twin under `<cache_root>/data/synthetic-<version>-seed0/`
     (generated into a temp folder and renamed, so no reader sees half a corpus);
     a folder holding manifest.csv, or a manifest .csv path; or `meld-st:ROOT`.
+    `modality` checks the transcripts an audio+text run needs, and `max_seconds` (the
+    backbone's audio window) warns about clips it cuts; see `validate_records`.
     """
+    checks = {"check_audio": check_audio, "modality": modality, "max_seconds": max_seconds}
     if spec is None:
         folder = _synthetic_default(cache_root)
         source = str(folder / MANIFEST)
         try:
-            df = validate_records(read_manifest(source), source, check_audio=check_audio)
+            df = validate_records(read_manifest(source), source, **checks)
         except DataValidationError as err:
             raise DataValidationError(f"{err} (delete {folder} to regenerate it)") from err
         return df, data_fingerprint(df, folder, mtimes=False)
@@ -90,7 +87,7 @@ def resolve_data(
         root = Path(spec[len(MELD_PREFIX) :]).expanduser()
         if not root.is_dir():
             raise DataValidationError(f"data spec {spec!r}: {root} is not a directory")
-        df = validate_records(load_meld_st(root), spec, check_audio=check_audio)
+        df = validate_records(load_meld_st(root), spec, **checks)
         return df, data_fingerprint(df, root)
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -100,5 +97,5 @@ def resolve_data(
             f"data spec {spec!r}: expected a folder with {MANIFEST}, a manifest .csv, "
             f"or {MELD_PREFIX}ROOT; {path} does not exist"
         )
-    df = validate_records(read_manifest(path), str(path), check_audio=check_audio)
+    df = validate_records(read_manifest(path), str(path), **checks)
     return df, data_fingerprint(df, path.parent)

@@ -1,7 +1,8 @@
 """`manifest.csv`, the corpus format: its one reader and its one writer.
 
-A manifest is a UTF-8 CSV with the schema's columns; its `audio` paths are relative to the
-manifest's folder on disk and absolute in memory, so a corpus folder can be moved or copied.
+A manifest is a UTF-8 CSV with the schema's columns (a leading byte-order mark, as Excel saves
+one, is accepted); its `audio` paths are relative to the manifest's folder on disk and absolute
+in memory, so a corpus folder can be moved or copied.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if not header:

@@ -36,7 +36,7 @@ NEEDED = ("id", "emotion", "speaker", "dia_id", "utt_id", "season", "episode", "
 def load_gender_table(path: str | Path | None = None) -> tuple[dict[str, str], str]:
     """(speaker.casefold() → F|M, version) from a CSV whose `# version: N` line versions it."""
     path = Path(path) if path is not None else GENDER_TABLE
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         lines = fh.read().splitlines()
     version = next(
         (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("# version:")), "unversioned"
@@ -65,7 +65,7 @@ def _clip_problem(path: Path) -> str | None:
 def _read_pair_csv(path: Path, text_col: str) -> pd.DataFrame:
     if not path.is_file():
         raise DataValidationError(f"{path}: MELD-ST CSV not found")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     missing = [c for c in (*NEEDED, text_col) if c not in df.columns]
     if missing:
         raise DataValidationError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -19,17 +19,35 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ermgap_ray.data.schema import COLUMNS, EMOTIONS, GENDERS, LANGUAGES, SAMPLE_RATE, SPLITS
+from ermgap_ray.data.schema import (
+    COLUMNS,
+    EMOTIONS,
+    GENDERS,
+    LANGUAGES,
+    MODALITIES,
+    SAMPLE_RATE,
+    SPLITS,
+)
 from ermgap_ray.errors import DataValidationError
+from ermgap_ray.fs import atomic_path
 
 log = logging.getLogger(__name__)
 
 OPTIONAL_COLUMNS: tuple[str, ...] = ("text",)
+_NAN_TEXT = ("nan", "<na>")
 _AUDIO_WORKERS = 8
 
 
 class SpeakerOverlapWarning(UserWarning):
     """Dev/test speakers also occur in train (allowed: MELD splits by dialogue, not speaker)."""
+
+
+class LongClipWarning(UserWarning):
+    """Clips are longer than the backbone's audio window; the extractor cuts them to it."""
+
+
+class EmptyTextWarning(UserWarning):
+    """Some transcripts of an audio+text run are empty; those prompts carry the audio only."""
 
 
 def _where(source: str, pos: int, utt_id: object) -> str:
@@ -65,7 +83,12 @@ def _riff_truncation(path: str, size: int) -> str | None:
 
 
 def audio_problem(path: str) -> str | None:
-    """Why `path` is not a usable 16 kHz mono clip, or None if it is.
+    """Why `path` is not a usable 16 kHz mono clip, or None if it is."""
+    return _probe(path)[0]
+
+
+def _probe(path: str) -> tuple[str | None, int]:
+    """(why `path` is unusable or None, its frame count).
 
     Cheap enough for thousands of files: a stat, the header via `soundfile.info`, the RIFF data
     size for wav, and one frame read at the end (which fails on a truncated FLAC).
@@ -73,9 +96,9 @@ def audio_problem(path: str) -> str | None:
     try:
         size = os.path.getsize(path)
     except OSError:
-        return f"audio file not found: {path}"
+        return f"audio file not found: {path}", 0
     if size == 0:
-        return f"audio file is empty (0 bytes): {path}"
+        return f"audio file is empty (0 bytes): {path}", 0
     try:
         info = sf.info(path)
         truncated = _riff_truncation(path, size) if info.format == "WAV" else None
@@ -85,18 +108,18 @@ def audio_problem(path: str) -> str | None:
                 if fh.read(1).shape[0] != 1:
                     truncated = "truncated: last frame unreadable"
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        return f"unreadable or not audio ({str(err).splitlines()[0]}): {path}"
+        return f"unreadable or not audio ({str(err).splitlines()[0]}): {path}", 0
     if truncated:
-        return f"{truncated}: {path}"
+        return f"{truncated}: {path}", info.frames
     if info.frames == 0:
-        return f"audio has no frames: {path}"
+        return f"audio has no frames: {path}", 0
     if info.samplerate != SAMPLE_RATE or info.channels != 1:
         return (
             f"audio is {info.samplerate} Hz with {info.channels} channel(s), need {SAMPLE_RATE} Hz "
             f"mono: {path} (convert with `ffmpeg -i IN -ac 1 -ar {SAMPLE_RATE} OUT.wav`, or "
             "validate with resample=True)"
-        )
-    return None
+        ), round(info.frames * SAMPLE_RATE / info.samplerate)
+    return None, info.frames
 
 
 def _resampled_copy(path: str, resample_dir: Path | None) -> str:
@@ -115,24 +138,23 @@ def _resampled_copy(path: str, resample_dir: Path | None) -> str:
     if sr != SAMPLE_RATE:
         g = gcd(sr, SAMPLE_RATE)
         x = resample_poly(x, SAMPLE_RATE // g, sr // g)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}.wav")
-    sf.write(tmp, np.clip(x, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        sf.write(tmp, np.clip(x, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return str(out)
 
 
 def _check_audio(
     df: pd.DataFrame, source: str, resample: bool, resample_dir: Path | None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The records (pointing at resampled copies where made) and each row's 16 kHz frames."""
     paths = df["audio"].tolist()
     unique = list(dict.fromkeys(paths))
     with ThreadPoolExecutor(max_workers=min(_AUDIO_WORKERS, max(1, len(unique)))) as pool:
-        problems = dict(zip(unique, pool.map(audio_problem, unique), strict=True))
+        probes = dict(zip(unique, pool.map(_probe, unique), strict=True))
     fixed: dict[str, str] = {}
     bad: list[tuple[int, str]] = []
     for pos, path in enumerate(paths):
-        why = problems[path]
+        why = probes[path][0]
         if why is None:
             continue
         if resample and why.startswith("audio is ") and path not in fixed:
@@ -146,7 +168,64 @@ def _check_audio(
     if fixed:
         log.info("%s: resampled %d clips to %d Hz mono", source, len(fixed), SAMPLE_RATE)
         df = df.assign(audio=[fixed.get(p, p) for p in paths])
-    return df
+    return df, np.array([probes[p][1] for p in paths], dtype=np.int64)
+
+
+def _warn_long_clips(df: pd.DataFrame, frames: np.ndarray, source: str, window: float) -> int:
+    """Warn once, with a count and the longest clip, when clips exceed the audio window.
+
+    The feature extractor pads or cuts every clip to its window (`n_samples`: 4 s for the tiny
+    default, 30 s for Qwen2-Audio), so the rest of a longer clip never reaches the model.
+    """
+    long = np.flatnonzero(frames > round(window * SAMPLE_RATE))
+    if long.size:
+        pos = int(long[np.argmax(frames[long])])
+        warnings.warn(
+            f"{source}: {long.size} of {len(df)} clips are longer than the backbone's "
+            f"{window:g} s audio window and are cut to it; the longest is "
+            f"{frames[pos] / SAMPLE_RATE:.1f} s ({_where(source, pos, df['utt_id'].iat[pos])})",
+            LongClipWarning,
+            stacklevel=3,
+        )
+    return int(long.size)
+
+
+def _blank_text(text: pd.Series) -> np.ndarray:
+    """True where a transcript is missing: NaN, empty, or the literal text 'NaN'/'nan'/'<NA>'.
+
+    csv and pandas read a written-out float NaN back as the string "nan", which would otherwise
+    reach the prompt as a transcript.
+    """
+    isna = text.isna().to_numpy()
+    stripped = text.astype(str).str.strip()
+    return isna | (stripped == "").to_numpy() | stripped.str.lower().isin(_NAN_TEXT).to_numpy()
+
+
+def check_text_for_modality(df: pd.DataFrame, source: str, modality: str) -> None:
+    """Refuse an audio+text run whose transcripts are all empty; warn when some are.
+
+    An empty transcript leaves that prompt with the audio only; if every one is empty the
+    multimodal run silently equals an audio run.
+    """
+    if modality not in MODALITIES:
+        raise DataValidationError(
+            f"{source}: modality must be one of {MODALITIES}, got {modality!r}"
+        )
+    if modality != "audio+text" or df.empty:
+        return
+    blank = _blank_text(df["text"]) if "text" in df.columns else np.ones(len(df), dtype=bool)
+    if blank.all():
+        raise DataValidationError(
+            f"{source}: modality 'audio+text' needs transcripts, but all {len(df)} texts are "
+            "empty or NaN; fill the 'text' column or use modality 'audio'"
+        )
+    if blank.any():
+        warnings.warn(
+            f"{source}: {int(blank.sum())} of {len(df)} transcripts are empty or NaN; those "
+            "prompts carry the audio only",
+            EmptyTextWarning,
+            stacklevel=2,
+        )
 
 
 def _normalise(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -160,6 +239,8 @@ def _normalise(df: pd.DataFrame, source: str) -> pd.DataFrame:
         values = df[col]
         isna = values.isna().to_numpy()
         text = values.astype(str).str.strip().where(~isna, "")
+        if col == "text":
+            text = text.where(~_blank_text(values), "")
         if col not in OPTIONAL_COLUMNS:
             empty = np.flatnonzero((text == "").to_numpy())
             if empty.size:
@@ -231,20 +312,29 @@ def validate_records(
     check_audio: bool = True,
     resample: bool = False,
     resample_dir: Path | None = None,
+    modality: str | None = None,
+    max_seconds: float | None = None,
 ) -> pd.DataFrame:
     """Return the records cleaned (stripped, canonical case, index 0..n-1) or raise.
 
-    Checks in order: columns, empty/NaN fields (only `text` may be empty), labels against
-    schema.py, duplicate utt_id, every split non-empty, both genders in every (split, language)
-    (the gap Δ_l needs L_{l,F} and L_{l,M}), then audio. A clip that is not 16 kHz mono is rejected
-    with the conversion command, unless `resample=True`: then a PCM16 copy is written to
-    `resample_dir` (default `.ermgap_16k/` beside the clip) and the record points there.
-    Dev/test speakers seen in train give a `SpeakerOverlapWarning` with counts, not an error.
+    Checks in order: columns, empty/NaN fields (only `text` may be empty; a literal "NaN"
+    transcript counts as empty), labels against schema.py, duplicate utt_id, every split
+    non-empty, both genders in every (split, language) (the gap Δ_l needs L_{l,F} and L_{l,M}),
+    transcripts for `modality` (`check_text_for_modality`), then audio. A clip that is not 16 kHz
+    mono is rejected with the conversion command, unless `resample=True`: then a PCM16 copy is
+    written to `resample_dir` (default `.ermgap_16k/` beside the clip) and the record points
+    there. Clips longer than `max_seconds` (the backbone's audio window, `audio_window_seconds`)
+    give one `LongClipWarning` with the count and the longest clip; dev/test speakers seen in
+    train give a `SpeakerOverlapWarning` with counts. Neither is an error.
     """
     df = _normalise(df, source)
     _check_strata(df, source)
+    if modality is not None:
+        check_text_for_modality(df, source, modality)
     if check_audio:
-        df = _check_audio(df, source, resample, resample_dir)
+        df, frames = _check_audio(df, source, resample, resample_dir)
+        if max_seconds is not None:
+            _warn_long_clips(df, frames, source, max_seconds)
     _warn_speaker_overlap(df, source)
     return df
 

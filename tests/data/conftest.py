@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from ermgap_ray.data.io import read_manifest
+from ermgap_ray.data.manifest import read_manifest
 from ermgap_ray.data.schema import SAMPLE_RATE
 
 

@@ -8,10 +8,11 @@ import pytest
 import soundfile as sf
 
 from ermgap_ray.data import io
-from ermgap_ray.data.io import read_manifest, resolve_data, write_manifest
+from ermgap_ray.data.io import resolve_data
+from ermgap_ray.data.manifest import read_manifest, write_manifest
 from ermgap_ray.data.schema import COLUMNS, SAMPLE_RATE
 from ermgap_ray.data.synthetic import SYNTHETIC_VERSION
-from ermgap_ray.data.validate import DataValidationError
+from ermgap_ray.data.validate import DataValidationError, LongClipWarning
 
 
 def test_manifest_round_trip_stores_relative_paths(
@@ -36,6 +37,29 @@ def test_malformed_csv_row_names_the_line(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(DataValidationError, match="empty file"):
         read_manifest(path)
+
+
+def test_manifest_with_a_byte_order_mark_loads(small_records: pd.DataFrame, tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM, which used to hide the utt_id column."""
+    path = write_manifest(small_records, tmp_path / "manifest.csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    back = read_manifest(path)
+    assert list(back.columns) == list(COLUMNS)
+    pd.testing.assert_frame_equal(back, small_records)
+    df, _ = resolve_data(str(tmp_path), check_audio=False)
+    assert len(df) == len(small_records)
+
+
+def test_resolve_checks_transcripts_and_window_when_asked(
+    small_records: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = write_manifest(small_records.assign(text="NaN"), tmp_path / "manifest.csv")
+    df, _ = resolve_data(str(path), modality="audio")
+    assert (df["text"] == "").all()
+    with pytest.raises(DataValidationError, match=rf"^{path}: modality 'audio\+text' needs"):
+        resolve_data(str(path), modality="audio+text")
+    with pytest.warns(LongClipWarning, match=rf"{len(df)} of {len(df)} clips are longer"):
+        resolve_data(str(path), max_seconds=0.5)
 
 
 def test_resolve_folder_and_csv_specs_agree(small_corpus: Path) -> None:

@@ -93,3 +93,14 @@ def test_cli_report_and_resolve_data(meld_root: Path, capsys) -> None:
     # The tiny tree lacks some (split, language, gender) strata, so validation rejects it.
     with pytest.raises(DataValidationError, match="has gender"):
         resolve_data(f"meld-st:{meld_root}")
+
+
+def test_csvs_and_gender_table_with_a_byte_order_mark(meld_root: Path, tmp_path: Path) -> None:
+    """Files saved by Excel start with a BOM; the first column must keep its name."""
+    before = load_meld_st(meld_root)
+    for path in meld_root.glob("*/*.csv"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    pd.testing.assert_frame_equal(load_meld_st(meld_root), before)
+    table = tmp_path / "g.csv"
+    table.write_bytes(b"\xef\xbb\xbfspeaker,gender\nRachel,F\n")
+    assert load_gender_table(table) == ({"rachel": "F"}, "unversioned")

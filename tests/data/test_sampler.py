@@ -1,7 +1,17 @@
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from ermgap_ray.data.sampler import GroupStratifiedBatchSampler, shard_for_eval
+from ermgap_ray.data.sampler import (
+    GROUP_LANGUAGES,
+    GROUP_NAMES,
+    GroupStratifiedBatchSampler,
+    SmallGroupWarning,
+    language_gender_groups,
+    shard_for_eval,
+)
 
 # 6 groups of unequal size, like the synthetic twin's train split (one group at 1/3).
 SIZES = (60, 60, 60, 20, 45, 60)
@@ -71,7 +81,8 @@ def test_drop_last_false_keeps_everything() -> None:
 
 def test_small_group_appears_as_often_as_its_size_allows() -> None:
     groups = np.array([0] * 50 + [1] * 3)
-    batches = _epoch(GroupStratifiedBatchSampler(groups, 5, seed=0))
+    with pytest.warns(SmallGroupWarning):
+        batches = _epoch(GroupStratifiedBatchSampler(groups, 5, seed=0))
     with_one = sum(1 in set(groups[b]) for b in batches)
     assert len(batches) == 10 and with_one == 3
 
@@ -99,3 +110,42 @@ def test_shard_for_eval_partitions_without_padding() -> None:
     shards = [shard_for_eval(10, 3, r) for r in range(3)]
     assert [s.tolist() for s in shards] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert shard_for_eval(2, 4, 3).size == 0
+
+
+def test_group_smaller_than_the_epoch_warns_once_with_name_and_count() -> None:
+    groups = np.repeat([0, 1, 2, 3], [40, 40, 3, 7])  # en-F, en-M, ja-F (3), ja-M (7)
+    with pytest.warns(SmallGroupWarning) as record:
+        GroupStratifiedBatchSampler(groups, batch_size=9, seed=0, group_names=GROUP_NAMES)
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        "2 group(s) have fewer training clips than the 10 batches per epoch, so they are missing "
+        "from some batches (their language's gap is skipped there): ja-F (3 clips), "
+        "ja-M (7 clips)"
+    )
+    with pytest.warns(SmallGroupWarning, match=r": 2 \(3 clips\), 3 \(7 clips\)$"):
+        GroupStratifiedBatchSampler(groups, batch_size=9, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GroupStratifiedBatchSampler(GROUPS, batch_size=16, seed=0)
+
+
+def test_valid_stratum_fraction_counts_batches_with_both_genders_everywhere() -> None:
+    big = GroupStratifiedBatchSampler(GROUPS, 16, seed=0)
+    assert big.valid_stratum_fraction(GROUP_LANGUAGES) == 1.0
+    groups = np.repeat([0, 1, 2, 3], [40, 40, 3, 40])  # ja-F has 3 clips for 12 batches
+    with pytest.warns(SmallGroupWarning):
+        s = GroupStratifiedBatchSampler(groups, 10, seed=0)
+    batches = s.global_batches()
+    expected = np.mean([{0, 1, 2, 3} <= set(groups[b]) for b in batches])
+    assert len(batches) == 12 and expected == 3 / 12
+    assert s.valid_stratum_fraction(GROUP_LANGUAGES) == expected
+    s.set_epoch(1)
+    assert s.valid_stratum_fraction(GROUP_LANGUAGES) == 3 / 12
+
+
+def test_language_gender_groups_match_group_names() -> None:
+    df = pd.DataFrame({"language": ["en", "ja", "de", "ja"], "gender": ["F", "M", "F", "F"]})
+    ids = language_gender_groups(df)
+    assert ids.tolist() == [0, 3, 4, 2]
+    assert [GROUP_NAMES[i] for i in ids] == ["en-F", "ja-M", "de-F", "ja-F"]
+    assert [GROUP_LANGUAGES[i] for i in ids] == ["en", "ja", "de", "ja"]

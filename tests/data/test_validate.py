@@ -7,11 +7,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from ermgap_ray.data.manifest import read_manifest
 from ermgap_ray.data.schema import EMOTIONS, SAMPLE_RATE
 from ermgap_ray.data.validate import (
     DataValidationError,
+    EmptyTextWarning,
+    LongClipWarning,
     SpeakerOverlapWarning,
     audio_problem,
+    check_text_for_modality,
     data_summary,
     summarize,
     validate_records,
@@ -75,6 +79,57 @@ def test_missing_column_and_duplicate_id(small_records: pd.DataFrame) -> None:
 def test_empty_text_is_allowed(small_records: pd.DataFrame) -> None:
     out = validate_records(_with(small_records, 0, text=np.nan), "m", check_audio=False)
     assert out.loc[0, "text"] == ""
+
+
+@pytest.mark.parametrize("literal", ["NaN", "nan", " NAN ", "<NA>"])
+def test_literal_nan_transcript_counts_as_empty(small_records: pd.DataFrame, literal: str) -> None:
+    """csv/pandas keep a written-out NaN as the text "nan"; it must not reach the prompt."""
+    out = validate_records(_with(small_records, 0, text=literal), "m", check_audio=False)
+    assert out.loc[0, "text"] == ""
+    assert out.loc[1, "text"] == small_records.loc[1, "text"].strip() != ""
+
+
+def test_audio_text_run_needs_transcripts(small_records: pd.DataFrame) -> None:
+    blank = small_records.assign(text=[("NaN", "")[i % 2] for i in range(len(small_records))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_records(blank, "manifest.csv", check_audio=False, modality="audio")
+    msg = _fail(blank, check_audio=False, modality="audio+text")
+    assert msg == (
+        f"manifest.csv: modality 'audio+text' needs transcripts, but all {len(blank)} texts are "
+        "empty or NaN; fill the 'text' column or use modality 'audio'"
+    )
+    some = _with(small_records, 4, text="nan")
+    with pytest.warns(EmptyTextWarning, match=rf"m: 1 of {len(some)} transcripts are empty"):
+        check_text_for_modality(some, "m", "audio+text")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_text_for_modality(small_records, "m", "audio+text")
+    with pytest.raises(DataValidationError, match="modality must be one of"):
+        check_text_for_modality(small_records, "m", "text")
+
+
+def test_clips_longer_than_the_window_warn_with_count_and_longest(
+    small_records: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A 90 s clip against the tiny backbone's 4 s window used to be cut without a word."""
+    df = small_records.copy()
+    for row, seconds in ((3, 90), (8, 5)):
+        path = tmp_path / f"long{row}.wav"
+        sf.write(path, np.zeros(seconds * SAMPLE_RATE, np.float32), SAMPLE_RATE, subtype="PCM_16")
+        df.loc[row, "audio"] = str(path)
+    utt = df.loc[3, "utt_id"]
+    with pytest.warns(LongClipWarning) as record:
+        validate_records(df, "manifest.csv", max_seconds=4.0)
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"manifest.csv: 2 of {len(df)} clips are longer than the backbone's 4 s audio window and "
+        f"are cut to it; the longest is 90.0 s (manifest.csv row 4 (line 5, utt_id={utt}))"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_records(df, "manifest.csv", max_seconds=90.0)
+        validate_records(df, "manifest.csv")
 
 
 def test_empty_split_and_single_gender_language(small_records: pd.DataFrame) -> None:
@@ -153,8 +208,6 @@ def test_audio_check_is_fast(small_corpus: Path, tmp_path: Path) -> None:
     """~2000 rows of audio checks (unique files, thread pool) well under the brief's budget."""
     import time
 
-    from ermgap_ray.data.io import read_manifest
-
     df = read_manifest(small_corpus)
     big = pd.concat([df] * 13, ignore_index=True)
     big["utt_id"] = [f"u{i}" for i in range(len(big))]
@@ -176,8 +229,6 @@ def test_summary_crosstab_matches_groupby(small_records: pd.DataFrame) -> None:
 
 
 def test_copied_corpus_validates_after_move(small_corpus: Path, tmp_path: Path) -> None:
-    from ermgap_ray.data.io import read_manifest
-
     dst = tmp_path / "moved"
     shutil.copytree(small_corpus.parent, dst)
     df = validate_records(read_manifest(dst / "manifest.csv"), "moved")

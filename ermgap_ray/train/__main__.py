@@ -1,0 +1,5 @@
+import sys
+
+from ermgap_ray.train.cli import main
+
+sys.exit(main())
