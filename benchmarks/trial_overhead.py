@@ -6,10 +6,10 @@ reads every process's CPU time from /proc, keyed by its Ray title (`ray::RayTrai
 Train run starts). On 2 cores a sweep is CPU-bound, so CPU-seconds, not wall, are what a trial
 costs. Ratios printed:
 
-* overhead_fraction = CPU outside the training loop ÷ all trial CPU, for trained trials
-  (loop CPU = Σ cpu_epoch_s, the worker's process time per epoch: train + dev + test)
-* zero_shot_vs_trained_overhead = a zero-shot trial's CPU (evaluated inside its trainable)
-  ÷ a trained trial's non-loop CPU (what a Train worker group would have cost it)
+* per executor (`tune`: the loop in the Tune trainable; `train`: a Ray Train TorchTrainer):
+  fixed_cpu_s_per_trained_trial = all trial CPU − loop CPU (Σ cpu_epoch_s: train + dev +
+  test), with the breakdown by process, and overhead_fraction = fixed ÷ all
+* cpu_s_per_zero_shot_trial: a zero-shot trial, evaluated in its trainable
 
 Linux only (/proc). Prints ONE JSON line.
 """
@@ -100,60 +100,75 @@ class CpuSampler(threading.Thread):
         return dict(by_title)
 
 
+def _sweep(tmp: str, name: str, families: list[str], seeds: int, extra: dict, sets: list[str]):
+    cfg = load_sweep_config(
+        "smoke",
+        {
+            "storage": tmp,
+            "kind": "grid",
+            "cluster": "local",
+            "modalities": ["audio"],
+            "name": name,
+            "families": families,
+            "seeds": seeds,
+            **extra,
+        },
+        sets,
+    )
+    sampler = CpuSampler()
+    sampler.start()
+    started = time.perf_counter()
+    result = run_sweep(cfg, progress_interval_s=60)
+    wall = time.perf_counter() - started
+    ray.shutdown()
+    time.sleep(2)  # let the last actor processes exit and be sampled
+    return sampler.stop(), result.trials, wall
+
+
+def _trial_cpu(cpu: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in cpu.items() if not k.startswith("cluster:")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trained", type=int, default=4, help="ERM trials (seeds).")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--executors", default="tune,train", help="Comma-separated: tune, train (both default)."
+    )
+    parser.add_argument("--no-reuse-actors", action="store_true")
     args = parser.parse_args()
-
+    sets = [f"epochs={args.epochs}", "bootstrap=100"]
+    out: dict = {
+        "benchmark": "trial_overhead",
+        "epochs": args.epochs,
+        "trained_trials": args.trained,
+    }
     with tempfile.TemporaryDirectory(prefix="ermgap-bench-") as tmp:
-        common = {"storage": tmp, "kind": "grid", "cluster": "local", "modalities": ["audio"]}
-        sets = [f"epochs={args.epochs}", "bootstrap=100"]
-        runs = {}
-        grids = (("trained", ["erm"], args.trained), ("zero", ["zero-shot"], 2))
-        for name, families, seeds in grids:
-            cfg = load_sweep_config(
-                "smoke", {**common, "name": name, "families": families, "seeds": seeds}, sets
-            )
-            sampler = CpuSampler()
-            sampler.start()
-            started = time.perf_counter()
-            result = run_sweep(cfg, progress_interval_s=60)
-            wall = time.perf_counter() - started
-            ray.shutdown()
-            time.sleep(2)  # let the last actor processes exit and be sampled
-            runs[name] = (sampler.stop(), result.trials, wall, seeds)
-
-    cpu, trials, wall, n = runs["trained"]
-    cluster = {k.removeprefix("cluster:"): v for k, v in cpu.items() if k.startswith("cluster:")}
-    cpu = {k: v for k, v in cpu.items() if not k.startswith("cluster:")}
-    per_trial = {k: round(v / n, 2) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])}
-    loop = float(trials["cpu_epoch_s"].sum()) / n
-    total = sum(cpu.values()) / n
-    zero_cpu, _, zero_wall, zero_n = runs["zero"]
-    zero_cpu = {k: v for k, v in zero_cpu.items() if not k.startswith("cluster:")}
-    zero_total = sum(zero_cpu.values()) / zero_n
-    print(
-        json.dumps(
-            {
-                "benchmark": "trial_overhead",
-                "epochs": args.epochs,
-                "trained_trials": n,
+        for executor in args.executors.split(","):
+            extra = {"executor": executor, "reuse_actors": not args.no_reuse_actors}
+            cpu, trials, wall = _sweep(tmp, f"t-{executor}", ["erm"], args.trained, extra, sets)
+            per_process = _trial_cpu(cpu)
+            total = sum(per_process.values()) / args.trained
+            loop = float(trials["cpu_epoch_s"].sum()) / args.trained
+            cluster = {k: v for k, v in cpu.items() if k.startswith("cluster:")}
+            out[executor] = {
                 "cpu_s_per_trained_trial": round(total, 2),
                 "loop_cpu_s_per_trained_trial": round(loop, 2),
+                "fixed_cpu_s_per_trained_trial": round(total - loop, 2),
                 "overhead_fraction": round(1 - loop / total, 3),
-                "cpu_s_per_trained_trial_by_process": per_trial,
-                "cpu_s_per_zero_shot_trial": round(zero_total, 2),
-                "zero_shot_vs_trained_overhead": round(zero_total / (total - loop), 3),
-                "cluster_cpu_s_whole_sweep": round(sum(cluster.values()), 1),
-                "cluster_cpu_s_by_process": {
-                    k: round(v, 1) for k, v in sorted(cluster.items(), key=lambda kv: -kv[1])[:8]
+                "cpu_s_per_trained_trial_by_process": {
+                    k: round(v / args.trained, 2)
+                    for k, v in sorted(per_process.items(), key=lambda kv: -kv[1])
                 },
-                "wall_s": {"trained": round(wall, 1), "zero_shot": round(zero_wall, 1)},
-                "load_avg_1m": os.getloadavg()[0],
+                "cluster_cpu_s_whole_sweep": round(sum(cluster.values()), 1),
+                "wall_s": round(wall, 1),
             }
-        )
-    )
+        zero_cpu, _, zero_wall = _sweep(tmp, "zero", ["zero-shot"], 2, {}, sets)
+    out["cpu_s_per_zero_shot_trial"] = round(sum(_trial_cpu(zero_cpu).values()) / 2, 2)
+    out["reuse_actors"] = not args.no_reuse_actors
+    out["load_avg_1m"] = os.getloadavg()[0]
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

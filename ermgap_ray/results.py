@@ -215,7 +215,7 @@ def parse_objectives(values: Any) -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class SweepManifest:
     """sweep.json, typed. `config` is the stored SweepConfig dict (what `--resume` reruns);
-    `raw` is the whole JSON, also reachable as `manifest[key]` for untyped keys (`cluster`)."""
+    `raw` is the whole JSON (untyped keys such as `cluster`)."""
 
     path: Path
     name: str = field(metadata={"help": "Run name: config name, else the preset's stem."})
@@ -233,12 +233,6 @@ class SweepManifest:
     @property
     def run_dir(self) -> Path:
         return self.path.parent
-
-    def __getitem__(self, key: str) -> Any:
-        return self.raw[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.raw.get(key, default)
 
 
 def _versions() -> dict[str, str | None]:
@@ -319,13 +313,3 @@ def read_manifest(run_dir: str | Path, missing_ok: bool = False) -> SweepManifes
         trials={str(k): int(v) for k, v in trials.items()},
         raw=raw,
     )
-
-
-def __getattr__(name: str) -> Any:
-    """`from ermgap_ray.results import ResultsWriter` keeps working (lazily: importing this
-    module still imports no Ray) until callers import it from `ermgap_ray.results_writer`."""
-    if name == "ResultsWriter":
-        from ermgap_ray.results_writer import ResultsWriter
-
-        return ResultsWriter
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,6 +87,11 @@ class SweepConfig:
         "train: a Ray Train TorchTrainer with DeepSpeed ZeRO; auto: train whenever a trial has "
         "more than one worker or any GPU, else tune.",
     )
+    reuse_actors: bool = _knob(
+        True,
+        "Tune reuses a finished trial's process for the next one (same resources), so a `tune` "
+        "trial skips the import of torch, transformers and peft (README 'Performance').",
+    )
     max_concurrent: int | None = _knob(
         None, "Trials at once; default: the cluster's CPUs (or GPUs) / resources per trial."
     )
@@ -563,6 +568,7 @@ def _tuner(
     tune_config: dict[str, Any] = {
         "max_concurrent_trials": concurrency,
         "trial_dirname_creator": trial_dirname,
+        "reuse_actors": cfg.reuse_actors,
     }
     if phase == "grid":
         return tune.Tuner(

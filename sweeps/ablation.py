@@ -47,7 +47,13 @@ FLAG_KNOBS = (
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults on every flag, and the epilog kept as written."""
+    """Defaults on every flag (flags left to the preset say so in their help), and the epilog
+    kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -85,9 +91,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent", type=int, help="Trials at once (preset: as many as fit the cluster)."
     )
-    p.add_argument("--num-samples", type=int, help="Search: number of Optuna trials.")
-    p.add_argument("--sampler", choices=("nsga2", "tpe", "random"), help="Search: sampler.")
-    p.add_argument("--seeds", type=int, help="Grid: seeds per family and modality.")
+    p.add_argument("--num-samples", type=int, help="Search: number of Optuna trials (preset: 24).")
+    p.add_argument(
+        "--sampler", choices=("nsga2", "tpe", "random"), help="Search: sampler (preset: nsga2)."
+    )
+    p.add_argument(
+        "--seeds", type=int, help="Grid: seeds per family and modality (preset: paper 5, smoke 1)."
+    )
     p.add_argument(
         "--objective",
         action="append",

@@ -163,7 +163,7 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
     }
     assert manifest.versions["ray"].startswith("2.60")
     assert manifest.git_commit is None or len(manifest.git_commit) == 40
-    assert manifest.status == "running" and manifest["status"] == "running"
+    assert manifest.status == "running" and manifest.raw["status"] == "running"
     assert not list(tmp_path.glob(f".{MANIFEST_FILE}*")), "temp files must not be left behind"
 
 

@@ -210,7 +210,7 @@ def test_grid_sweep_writes_results_and_survives_a_failed_trial(cluster, tmp_path
 
     manifest = read_manifest(result.run_dir)
     assert manifest.config["families"] == ["zero-shot", "erm", "fixed-p2"]
-    assert manifest.status == "finished" and manifest["trials"] == {"terminated": 5, "error": 1}
+    assert manifest.status == "finished" and manifest.trials == {"terminated": 5, "error": 1}
     summary = result.summary.set_index("family")
     assert summary.loc["erm", "n"] == 2
     assert summary.loc["erm", "dev/wf1_mean"] == pytest.approx((0.55 + 0.56) / 2)

@@ -31,7 +31,12 @@ SUMMARY_KEYS = (
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults on every flag, and the epilog's examples kept as written."""
+    """Defaults on every flag that has one, and the epilog's examples kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def parser() -> argparse.ArgumentParser:

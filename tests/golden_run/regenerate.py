@@ -6,10 +6,11 @@ Each golden run is a real `ermgap_ray.sweep.run_sweep` on the smoke preset (tiny
 synthetic corpus, one epoch), run into a temporary storage on a fresh local Ray head. Only
 what the analysis tests read is copied into tests/golden_run/<name>/: sweep.json,
 trials.parquet, the test predictions (predictions/<trial_id>.npz) and the LoRA adapters
-(adapters/<trial_id>/, a few KB each) of the final rows. Ray's experiment state, checkpoints and
-the Optuna study are left behind. Absolute paths in the rows are rewritten relative to the run
-directory, and machine-specific manifest fields (cluster address, storage) are dropped, so the
-directory is the same wherever it is checked out.
+(adapters/<trial_id>/, ~45 KB each) of the trained trials (zero-shot's is never deployed).
+Ray's experiment state, checkpoints and the Optuna study are left behind. Absolute paths in
+the rows are rewritten relative to the run directory, and machine-specific manifest fields
+(cluster address, storage) are dropped, so the directory is the same wherever it is checked
+out.
 
 - smoke: the smoke preset with 2 seeds (grid: zero-shot, erm, fixed-p2, adaptive-p2 on audio;
   then a 2-trial search), so configurations have a CI over seeds.
@@ -59,6 +60,7 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
     import pandas as pd
 
     from ermgap_ray.fs import atomic_dir
+    from ermgap_ray.pareto import reference_mask
     from ermgap_ray.results import MANIFEST_FILE, TRIALS_FILE, read_trials
 
     df = read_trials(run_dir)
@@ -67,8 +69,10 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
             if col not in df.columns:
                 continue
             out = []
-            for trial_id, value in zip(df["trial_id"], df[col], strict=True):
-                if not isinstance(value, str) or not value:
+            refs = reference_mask(df)
+            for trial_id, value, ref in zip(df["trial_id"], df[col], refs, strict=True):
+                # An untrained reference's adapter is never deployed: not worth its bytes.
+                if not isinstance(value, str) or not value or (ref and sub == "adapters"):
                     out.append(None)
                     continue
                 src = Path(value)
@@ -77,7 +81,7 @@ def copy_run(run_dir: Path, dest: Path) -> Path:
                     (tmp / sub).mkdir(exist_ok=True)
                     shutil.copy2(src, tmp / rel)
                 elif src.is_dir():
-                    shutil.copytree(src, tmp / rel, dirs_exist_ok=True)
+                    shutil.copytree(src, tmp / rel, ignore=shutil.ignore_patterns("README.md"))
                 else:
                     raise SystemExit(f"{run_dir}: {col} {src} does not exist")
                 out.append(rel)
