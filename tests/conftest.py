@@ -58,7 +58,11 @@ class TrainWorkerKiller(threading.Thread):
                 return
         if found:  # no Train worker: the loop runs in the trial's own Tune trainable
             result_json = found[0].parents[1] / "result.json"
-            pid = json.loads(result_json.read_text().splitlines()[-1])["pid"]
+            lines: list[str] = []
+            while time.time() < deadline and not lines:  # the result lands after its checkpoint
+                lines = result_json.read_text().splitlines() if result_json.is_file() else []
+                time.sleep(0.1)
+            pid = json.loads(lines[-1])["pid"]
             psutil.Process(pid).kill()
             self.killed.append(pid)
 

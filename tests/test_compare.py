@@ -1,4 +1,6 @@
-"""Paired-by-seed comparisons (ermgap_ray.compare) and analysis/compare.py, on the golden run."""
+"""Paired-by-seed comparisons (ermgap_ray.compare) and analysis/compare.py, on the real smoke
+golden run (tests/golden_run/smoke, made by tests/golden_run/regenerate.py); expected values are
+computed from its rows."""
 
 from __future__ import annotations
 
@@ -15,16 +17,33 @@ import pytest
 from scipy import stats
 
 from ermgap_ray.compare import HEADLINE_METRICS, paired_comparison, paired_delta, seed_pairs
-from ermgap_ray.pareto import final_rows
+from ermgap_ray.data.schema import MODALITIES
+from ermgap_ray.pareto import final_rows, reference_mask
+from ermgap_ray.registry import BASELINE_FAMILY, FAMILIES
 from ermgap_ray.report import load_run
 
-GOLDEN = Path(__file__).parent / "golden_run"
+SMOKE = Path(__file__).parent / "golden_run" / "smoke"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def final() -> pd.DataFrame:
-    return final_rows(load_run(GOLDEN / "paper")[0])
+    return final_rows(load_run(SMOKE)[0])
+
+
+def _method(final: pd.DataFrame) -> str:
+    """The first trained grid family (not ERM, not search) that shares >= 2 seeds with ERM."""
+    erm = set(final.loc[final["family"] == BASELINE_FAMILY, "seed"])
+    trained = final[~reference_mask(final)]
+    for family in FAMILIES:
+        seeds = set(trained.loc[trained["family"] == family, "seed"])
+        if family not in (BASELINE_FAMILY, "search") and len(seeds & erm) >= 2:
+            return family
+    raise AssertionError("the golden run has no multi-seed method family besides ERM")
+
+
+def _modalities(final: pd.DataFrame) -> list[str]:
+    return [m for m in MODALITIES if m in set(final["modality"])]
 
 
 def test_paired_delta_matches_scipy_and_hand_interval():
@@ -68,43 +87,65 @@ def _expected(final: pd.DataFrame, method: str, modality: str, metric: str) -> t
 
 
 def test_paired_comparison_on_golden(final: pd.DataFrame):
-    frame = paired_comparison(final, "adaptive-p2", "erm")
-    modalities = list(dict.fromkeys(final["modality"]))
+    method = _method(final)
+    frame = paired_comparison(final, method, BASELINE_FAMILY)
+    modalities = _modalities(final)
     assert len(frame) == len(modalities) * len(HEADLINE_METRICS)
     assert set(frame["metric"]) == set(HEADLINE_METRICS)
     for _, row in frame.iterrows():
-        delta, p, n, d = _expected(final, "adaptive-p2", row["modality"], row["metric"])
-        assert row["n"] == n and row["delta"] == pytest.approx(delta)
+        delta, p, n, d = _expected(final, method, row["modality"], row["metric"])
+        assert n >= 2 and row["n"] == n and row["delta"] == pytest.approx(delta)
         assert row["p_value"] == pytest.approx(p)
         half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
         assert row["hi"] - row["lo"] == pytest.approx(2 * half)
         assert row["delta"] == pytest.approx(row["method_mean"] - row["baseline_mean"])
-    one = paired_comparison(final, "adaptive-p2", modality=modalities[0], metrics=["wf1"])
+    # Pairs are matched on the seed, not on the row order.
+    backwards = paired_comparison(final.iloc[::-1], method, BASELINE_FAMILY)
+    pd.testing.assert_frame_equal(backwards, frame)
+    one = paired_comparison(final, method, modality=modalities[0], metrics=["wf1"])
     assert one["modality"].tolist() == [modalities[0]] and one["metric"].tolist() == ["wf1"]
 
 
+def test_paired_comparison_is_per_modality(final: pd.DataFrame):
+    """A second modality whose ERM is 10 points better: its Δ is 10 lower, the first's unmoved."""
+    method = _method(final)
+    first = _modalities(final)[0]
+    other = next(m for m in MODALITIES if m != first)
+    base = final[final["modality"] == first]
+    twin = base.assign(modality=other, group_hash=base["group_hash"] + "-twin")
+    erm = twin["family"] == BASELINE_FAMILY
+    twin.loc[erm, "test/wf1"] = twin.loc[erm, "test/wf1"] + 0.1
+    frame = paired_comparison(pd.concat([base, twin]), method, metrics=["wf1"])
+    by_mod = frame.set_index("modality")["delta"]
+    assert by_mod[other] == pytest.approx(by_mod[first] - 10)
+    assert by_mod[first] == pytest.approx(_expected(final, method, first, "wf1")[0])
+
+
 def test_paired_comparison_uses_only_shared_seeds(final: pd.DataFrame):
-    seeds = sorted(final["seed"].unique())
-    drop = (final["family"] == "erm") & (final["seed"] == seeds[0])
-    frame = paired_comparison(final[~drop], "fixed-p1", metrics=["max_gap_wf1"])
+    method = _method(final)
+    seeds = sorted(final.loc[final["family"] == method, "seed"].unique())
+    drop = (final["family"] == BASELINE_FAMILY) & (final["seed"] == seeds[0])
+    frame = paired_comparison(final[~drop], method, metrics=["max_gap_wf1"])
     assert (frame["n"] == len(seeds) - 1).all()
     assert (frame["seeds"] == ",".join(str(s) for s in seeds[1:])).all()
-    single = final[(final["family"] != "erm") | (final["seed"] == seeds[0])]
-    frame = paired_comparison(single, "fixed-p1", metrics=["wf1"])
+    single = final[(final["family"] != BASELINE_FAMILY) | (final["seed"] == seeds[0])]
+    frame = paired_comparison(single, method, metrics=["wf1"])
     assert (frame["n"] == 1).all() and frame["lo"].isna().all() and frame["p_value"].isna().all()
+    assert (frame["seeds"] == str(seeds[0])).all()
 
 
 def test_paired_comparison_errors(final: pd.DataFrame):
+    method = _method(final)
     with pytest.raises(ValueError, match="unknown family 'nope'"):
         paired_comparison(final, "nope")
     shifted = final.assign(seed=np.where(final["family"] == "erm", final["seed"] + 100, 0))
     with pytest.raises(ValueError, match="share no seeds"):
-        paired_comparison(shifted, "adaptive-p2")
+        paired_comparison(shifted, method)
     twin = final[final["family"] == "erm"].assign(group_hash="other", lam=0.1)
     with pytest.raises(ValueError, match="configurations"):
-        paired_comparison(pd.concat([final, twin]), "adaptive-p2")
+        paired_comparison(pd.concat([final, twin]), method)
     with pytest.raises(ValueError, match="unknown metric"):
-        paired_comparison(final, "adaptive-p2", metrics=["nope"])
+        paired_comparison(final, method, metrics=["nope"])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -118,14 +159,15 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_compare_cli_prints_table_and_json(final: pd.DataFrame):
-    result = _cli(str(GOLDEN / "paper"), "--method", "adaptive-p2", "--modality", "audio")
+    method, modality = _method(final), _modalities(final)[0]
+    result = _cli(str(SMOKE), "--method", method, "--modality", modality)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     record = json.loads(lines[-1])
-    assert record["method"] == "adaptive-p2" and record["baseline"] == "erm"
+    assert record["method"] == method and record["baseline"] == "erm"
     assert [r["metric"] for r in record["rows"]] == list(HEADLINE_METRICS)
     gap = next(r for r in record["rows"] if r["metric"] == "max_gap_wf1")
-    delta, p, n, _ = _expected(final, "adaptive-p2", "audio", "max_gap_wf1")
+    delta, p, n, _ = _expected(final, method, modality, "max_gap_wf1")
     assert gap["delta"] == pytest.approx(delta) and gap["p_value"] == pytest.approx(p)
     assert gap["n"] == n and gap["lo"] < gap["delta"] < gap["hi"]
     table = "\n".join(lines[:-1])
@@ -134,10 +176,11 @@ def test_compare_cli_prints_table_and_json(final: pd.DataFrame):
 
 def test_compare_cli_one_seed_says_so(tmp_path: Path):
     run = tmp_path / "run"
-    shutil.copytree(GOLDEN / "paper", run)
+    shutil.copytree(SMOKE, run)
     df, _ = load_run(run)
-    df[df["seed"] == 0].to_parquet(run / "trials.parquet", index=False)
-    result = _cli(str(run), "--method", "fixed-p1", "--metrics", "wf1")
+    method = _method(final_rows(df))
+    df[df["seed"] == df["seed"].min()].to_parquet(run / "trials.parquet", index=False)
+    result = _cli(str(run), "--method", method, "--metrics", "wf1")
     assert result.returncode == 0, result.stderr
     assert "n/a (1 seed)" in result.stdout
     assert all(
@@ -149,12 +192,12 @@ def test_compare_cli_one_seed_says_so(tmp_path: Path):
     ("args", "message"),
     [
         (["--method", "nope"], "unknown family"),
-        (["--method", "adaptive-p2", "--baseline", "nope"], "unknown family"),
-        (["--method", "adaptive-p2", "--metrics", "nope"], "unknown metric"),
+        (["--method", "erm", "--baseline", "nope"], "unknown family"),
+        (["--method", "erm", "--metrics", "nope"], "unknown metric"),
     ],
 )
 def test_compare_cli_bad_input_is_one_line_exit_2(args: list[str], message: str):
-    result = _cli(str(GOLDEN / "paper"), *args)
+    result = _cli(str(SMOKE), *args)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
 
@@ -163,10 +206,11 @@ def test_compare_cli_missing_run_and_no_shared_seeds(tmp_path: Path):
     result = _cli(str(tmp_path / "missing"), "--method", "erm")
     assert result.returncode == 2 and result.stderr.startswith("error: run directory not found")
     run = tmp_path / "run"
-    shutil.copytree(GOLDEN / "paper", run)
+    shutil.copytree(SMOKE, run)
     df, _ = load_run(run)
+    method = _method(final_rows(df))
     df["seed"] = np.where(df["family"] == "erm", df["seed"] + 100, df["seed"])
     df.to_parquet(run / "trials.parquet", index=False)
-    result = _cli(str(run), "--method", "adaptive-p2")
+    result = _cli(str(run), "--method", method)
     assert result.returncode == 2 and "share no seeds" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_lock_is_released_by_a_killed_holder(tmp_path: Path) -> None:
     code += "    print('held', flush=True); time.sleep(60)\n"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(ConfigError, match=f"{LOCKED}{holder.pid} on host"):
+    with pytest.raises(ConfigError, match=re.escape(f"{LOCKED}{holder.pid} on host")):
         with run_dir_lock(tmp_path):
             pass
     holder.kill()

@@ -16,16 +16,20 @@ from scipy import stats
 from ermgap_ray.pareto import (
     aggregate_seeds,
     ci_dominates,
+    final_rows,
     hypervolume,
     knee_point,
     pareto_mask,
     parse_constraint,
+    reference_mask,
     seed_aware_pareto_mask,
     select_operating_point,
 )
 from ermgap_ray.results import load_trials
 
-GOLDEN = Path(__file__).parent / "golden_run" / "paper"
+# The real smoke sweep (tests/golden_run/regenerate.py): grid configurations over 2 seeds, the
+# zero-shot reference and 1-seed search trials.
+GOLDEN = Path(__file__).parent / "golden_run" / "smoke"
 
 
 def brute_front(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
@@ -262,18 +266,37 @@ def test_operating_point_unknown_metric_is_a_clear_error() -> None:
 
 def test_operating_point_on_golden_run() -> None:
     """Properties computed from the rows, not hand-copied numbers: the choice satisfies the
-    bound on its CI upper end and no feasible configuration has a better mean W-F1."""
+    bound on its CI upper end (its value with one seed) and no feasible configuration has a
+    better mean W-F1; bounds run from below every configuration's upper end to loose."""
     df = load_trials(GOLDEN)
-    trained = df[df["is_final"] & (df["status"] == "TERMINATED") & (df["family"] != "zero-shot")]
+    final = final_rows(df)
+    trained = final[~reference_mask(final)]
+    references = set(final.loc[reference_mask(final), "group_hash"])
+    assert references, "the smoke run has a zero-shot reference"
     agg = aggregate_seeds(trained, ["dev/wf1", "dev/max_gap_wf1"])
-    for bound in (0.02, 0.03, 0.9):
+    his = np.unique(agg["dev/max_gap_wf1_hi"].to_numpy(float))
+    bounds = [his[0] / 2, *((his[:-1] + his[1:]) / 2), his[-1] + 1e-6, 1.0]
+    outcomes = []
+    for bound in bounds:
         op = select_operating_point(df, f"max_gap_wf1<={bound}")
         feasible = agg[agg["dev/max_gap_wf1_hi"] <= bound]
         assert op.feasible == (len(feasible) > 0) and op.n_candidates == len(agg)
+        assert {r["group_hash"] for r in op.references} == references
+        outcomes.append(op.feasible)
         if op.feasible:
-            assert op.constraint_hi <= bound and op.family != "zero-shot"
+            assert op.constraint_hi <= bound and op.group_hash not in references
+            assert op.family != "zero-shot" and op.config.get("epochs", 1) > 0
             assert op.objective_mean == pytest.approx(feasible["dev/wf1_mean"].max())
             assert op.n_seeds == agg.set_index("group_hash").loc[op.group_hash, "n"]
+            assert set(op.trial_ids) == set(
+                trained.loc[trained["group_hash"] == op.group_hash, "trial_id"]
+            )
+        else:
+            assert op.group_hash is None and op.nearest
+            assert not {r["group_hash"] for r in op.nearest} & references
+    assert outcomes[0] is False and all(outcomes[1:]), "infeasible below every upper end"
+    loose = select_operating_point(df, "max_gap_wf1<=1.0")
+    assert loose.objective_mean == pytest.approx(agg["dev/wf1_mean"].max())
 
 
 def _with_references(df: pd.DataFrame) -> pd.DataFrame:

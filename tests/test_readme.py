@@ -10,6 +10,10 @@ from __future__ import annotations
 import errno
 import json
 import re
+import shutil
+import subprocess
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,10 +25,13 @@ import soundfile as sf
 from ermgap_ray.cluster import probe
 from ermgap_ray.config import TrialConfig
 from ermgap_ray.data.io import resolve_data
+from ermgap_ray.data.sampler import GroupStratifiedBatchSampler, SmallGroupWarning
+from ermgap_ray.data.validate import LongClipWarning
 from ermgap_ray.errors import user_errors
+from ermgap_ray.fs import ensure_writable_dir
 from ermgap_ray.model import resolve_backbone
-from ermgap_ray.results import error_summary
-from ermgap_ray.sweep import SweepInterrupted, load_sweep_config
+from ermgap_ray.results import error_summary, load_trials
+from ermgap_ray.sweep import SweepInterrupted, load_sweep_config, resume_config, run_dir_lock
 from ermgap_ray.train import run_local
 from ermgap_ray.train.session import checkpoint_error
 
@@ -61,13 +68,89 @@ def _user_error(action: Callable[[], object]) -> str:
     return f"error: {err.value}"
 
 
-def _manifest(small_corpus: Path, tmp_path: Path, edit: Callable[[pd.DataFrame], object]) -> str:
+def _write(small_corpus: Path, tmp_path: Path, edit: Callable[[pd.DataFrame], object]) -> Path:
     df = pd.read_csv(small_corpus, keep_default_na=False)
     df["audio"] = [str((small_corpus.parent / a).resolve()) for a in df["audio"]]
     edit(df)
     path = tmp_path / "manifest.csv"
     df.to_csv(path, index=False)
+    return path
+
+
+def _manifest(small_corpus: Path, tmp_path: Path, edit: Callable[[pd.DataFrame], object]) -> str:
+    path = _write(small_corpus, tmp_path, edit)
     return _user_error(lambda: resolve_data(str(path)))
+
+
+def _warning(action: Callable[[], object], category: type[Warning]) -> str:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        action()
+    (hit,) = [w for w in seen if issubclass(w.category, category)]
+    return f"{category.__name__}: {hit.message}"
+
+
+def _backbone_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "backbone"
+    shutil.copytree(resolve_backbone(None), copy)
+    return copy
+
+
+def _truncated_weights(tmp_path: Path) -> str:
+    weights = _backbone_copy(tmp_path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return _user_error(lambda: resolve_backbone(weights.parent))
+
+
+def _no_tokenizer(tmp_path: Path) -> str:
+    copy = _backbone_copy(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (copy / name).unlink(missing_ok=True)
+    return _user_error(lambda: resolve_backbone(copy))
+
+
+def _held_lock(tmp_path: Path) -> str:
+    with run_dir_lock(tmp_path):
+        return _user_error(lambda: run_dir_lock(tmp_path).__enter__())
+
+
+def _resume_differs(tmp_path: Path) -> str:
+    stored = load_sweep_config("smoke", {"storage": str(tmp_path)}).to_dict()
+    given = load_sweep_config("paper", {"storage": str(tmp_path), "name": "smoke"})
+    return _user_error(lambda: resume_config(stored, given, {"preset"}))
+
+
+def _truncated_parquet(tmp_path: Path) -> str:
+    (tmp_path / "trials.parquet").write_bytes(b"PAR1")
+    return _user_error(lambda: load_trials(tmp_path))
+
+
+def _operating_point_bound() -> str:
+    golden = Path(__file__).parent / "golden_run" / "smoke"
+    cmd = [sys.executable, "analysis/operating_point.py", str(golden), "--max-gap", "-5"]
+    done = subprocess.run(cmd, cwd=README.parent, capture_output=True, text=True)
+    assert done.returncode == 2
+    return done.stderr.strip()
+
+
+def _long_clip(small_corpus: Path, tmp_path: Path) -> str:
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, np.zeros(90 * 16_000, dtype=np.float32), 16_000)
+    path = _write(
+        small_corpus, tmp_path, lambda df: df.loc.__setitem__((3, "audio"), str(long_wav))
+    )
+    return _warning(lambda: resolve_data(str(path), max_seconds=4.0), LongClipWarning)
+
+
+def _no_text(small_corpus: Path, tmp_path: Path) -> str:
+    path = _write(small_corpus, tmp_path, lambda df: df.__setitem__("text", ""))
+    return _user_error(lambda: resolve_data(str(path), modality="audio+text"))
+
+
+def _small_group() -> str:
+    ids = np.array([0] * 40 + [1] * 2)
+    make = lambda: GroupStratifiedBatchSampler(ids, batch_size=4, seed=0)  # noqa: E731
+    return _warning(make, SmallGroupWarning)
 
 
 def _emotion(df: pd.DataFrame) -> None:
@@ -135,7 +218,24 @@ def produced(small_corpus: Path, tmp_path: Path, free_port: int) -> Callable[[st
         "does not exist": lambda: _user_error(lambda: resolve_backbone(tmp_path / "none")),
         "no Ray cluster": lambda: _user_error(lambda: probe(f"127.0.0.1:{free_port}")),
         "NonFiniteLoss": lambda: _nonfinite(small_corpus, tmp_path),
-        "could not write": lambda: f"error: {checkpoint_error(3, tmp_path, disk_full, tmp_path)}",
+        "earlier epoch is intact": lambda: (
+            f"error: {checkpoint_error(3, tmp_path, disk_full, tmp_path)}"
+        ),
+        "no earlier checkpoint exists": lambda: (
+            f"error: {checkpoint_error(1, tmp_path, OSError(errno.EIO, 'I/O error'), None)}"
+        ),
+        "not a writable directory": lambda: _user_error(
+            lambda: ensure_writable_dir(Path("/proc/ermgap-runs"))
+        ),
+        "in use by another driver": lambda: _held_lock(tmp_path),
+        "--resume continues": lambda: _resume_differs(tmp_path),
+        "model.safetensors is truncated": lambda: _truncated_weights(tmp_path),
+        "has no tokenizer": lambda: _no_tokenizer(tmp_path),
+        "needs transcripts": lambda: _no_text(small_corpus, tmp_path),
+        "LongClipWarning": lambda: _long_clip(small_corpus, tmp_path),
+        "SmallGroupWarning": _small_group,
+        "not a Parquet file": lambda: _truncated_parquet(tmp_path),
+        "--max-gap -5": _operating_point_bound,
         "interrupted": lambda: (
             "interrupted: " + str(SweepInterrupted.in_phase("grid", load_sweep_config("paper")))
         ),
@@ -152,7 +252,7 @@ def produced(small_corpus: Path, tmp_path: Path, free_port: int) -> Callable[[st
 
 def test_the_table_quotes_every_message_once() -> None:
     quotes = readme_quotes()
-    assert len(quotes) == 17, quotes
+    assert len(quotes) == 28, quotes
     assert len(set(quotes)) == len(quotes)
 
 

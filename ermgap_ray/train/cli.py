@@ -50,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
         + "\n\n"
         + EXAMPLES,
     )
-    p.add_argument("--config", help="YAML file of config keys (optionally under `trial:`).")
+    p.add_argument(
+        "--config", help="YAML file of config keys (optionally under `trial:`) (default: none)."
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Config override."
     )
@@ -58,8 +60,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray Train worker (0 = CPU)."
     )
-    p.add_argument("--zero", type=int, choices=(2, 3), help="DeepSpeed ZeRO stage.")
-    p.add_argument("--cluster", help="Run on Ray: auto | local | HOST:PORT.")
+    p.add_argument(
+        "--zero",
+        type=int,
+        choices=(2, 3),
+        help="DeepSpeed ZeRO stage (default: the config's zero_stage, 2).",
+    )
+    p.add_argument(
+        "--cluster", help="Run on Ray: auto | local | HOST:PORT (default: none, in this process)."
+    )
     p.add_argument("--storage", default="runs", help="Where runs and checkpoints go.")
     p.add_argument("--name", help="Run name (default: trial-<config hash>).")
     p.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint.")
