@@ -6,6 +6,7 @@ Following DomainBed's registry habit, every knob's default and help live here on
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -18,10 +19,11 @@ import yaml
 
 from ermgap_ray.data.schema import MODALITIES
 from ermgap_ray.errors import ConfigError
+from ermgap_ray.registry import GAP_KINDS
 
 OBJECTIVES = ("erm", "minmaxgap", "meangap", "groupdro")
 LAMBDA_MODES = ("fixed", "adaptive")
-DEV_GAP_METRICS = ("loss", "wf1", "acc", "tpr", "fpr", "avg")
+DEV_GAP_METRICS = ("loss", *GAP_KINDS)
 ENGINES = ("auto", "torch", "deepspeed")
 
 
@@ -239,3 +241,13 @@ def help_lines() -> list[str]:
     return [
         f"  {f.name} (default {f.default!r}): {f.metadata['help']}" for f in fields(TrialConfig)
     ]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The CLIs' `--help`: every flag that has a default shows it (flags left to a preset say so
+    in their own text), and the epilog's lists and examples keep their layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from ermgap_ray.data.schema import EMOTIONS, GENDERS, LANGUAGES
-
-GAP_METRICS: tuple[str, ...] = ("tpr", "fpr", "wf1", "acc", "avg")
+from ermgap_ray.registry import GAP_KINDS
 
 
 def _encode(values: Any, vocab: Sequence[Any], what: str) -> np.ndarray:
@@ -120,7 +119,7 @@ def report_from_confusion(c: np.ndarray, langs: Sequence[str]) -> dict[str, np.n
     for i, lang in enumerate(langs):
         out[f"wf1/{lang}"] = per_lang["wf1"][..., i]
         out[f"acc/{lang}"] = per_lang["acc"][..., i]
-    for m in GAP_METRICS:
+    for m in GAP_KINDS:
         for i, lang in enumerate(langs):
             out[f"gap_{m}/{lang}"] = lang_gaps[m][..., i]
         out[f"gap_{m}/all"] = all_gaps[m]
@@ -231,8 +230,8 @@ def paired_bootstrap_gap_test(
 def _gap_key(metric: str) -> str:
     key = metric if metric.startswith(("max_gap_", "gap_")) else f"max_gap_{metric}"
     kind = key.removeprefix("max_gap_").removeprefix("gap_").split("/")[0]
-    if kind not in GAP_METRICS:
-        raise ValueError(f"unknown gap metric {metric!r}; expected one of {list(GAP_METRICS)}")
+    if kind not in GAP_KINDS:
+        raise ValueError(f"unknown gap metric {metric!r}; expected one of {list(GAP_KINDS)}")
     return key
 
 

@@ -8,6 +8,7 @@ gaps (down) alike.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
@@ -387,15 +388,7 @@ def select_operating_point(
         base.reason = "no finished trained configuration (no TERMINATED final rows)" + ref_note
         return base
     agg = aggregate_seeds(cands, metrics, ci=ci)
-    violation = np.zeros(len(agg))
-    feasible = np.ones(len(agg), dtype=bool)
-    for (_, op, bound), col in zip(bounds, c_cols, strict=True):
-        upper = op in ("<", "<=")
-        end = agg[f"{col}_hi" if upper else f"{col}_lo"].to_numpy(float)
-        feasible &= ~np.isnan(end) & np.array([_OPS[op](v, bound) for v in end])
-        violation += np.nan_to_num(
-            np.maximum(0.0, (end - bound) if upper else (bound - end)), nan=np.inf
-        )
+    feasible, violation = _feasibility(agg, bounds, c_cols)
     first_op = bounds[0][1]
     first_end = f"{c_cols[0]}_hi" if first_op in ("<", "<=") else f"{c_cols[0]}_lo"
     safer = agg[first_end] * (1.0 if first_op in ("<", "<=") else -1.0)
@@ -417,28 +410,47 @@ def select_operating_point(
         )
         return base
     best = ranked.iloc[0]
-    chosen = rows[rows["group_hash"] == best["group_hash"]].sort_values("trial_id")
-    config_cols = [c for c in TrialConfig.field_names() if c in chosen.columns and c != "seed"]
-    paths = chosen["adapter_path"].dropna() if "adapter_path" in chosen.columns else []
     head = _summary(best, o_col, c_cols, bounds)
-    reason = (
+    base.reason = (
         f"chosen: {describe_config(head, o_col)}; best mean {o_col} among {len(ranked)} of "
         f"{len(agg)} trained configurations satisfying {shown}" + ref_note
     )
-    c0 = c_cols[0]
-    return OperatingPoint(
+    base.runners_up = [
+        _summary(r, o_col, c_cols, bounds) for _, r in ranked.iloc[1 : 1 + runners_up].iterrows()
+    ]
+    return _chosen(base, best, rows, c_cols[0])
+
+
+def _feasibility(
+    agg: pd.DataFrame, bounds: list[tuple[str, str, float]], c_cols: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per configuration: does every bound hold on its pessimistic CI end, and by how much
+    does it miss them in total (in the metrics' units; inf when an end is undefined)."""
+    violation = np.zeros(len(agg))
+    feasible = np.ones(len(agg), dtype=bool)
+    for (_, op, bound), col in zip(bounds, c_cols, strict=True):
+        upper = op in ("<", "<=")
+        end = agg[f"{col}_hi" if upper else f"{col}_lo"].to_numpy(float)
+        feasible &= ~np.isnan(end) & np.array([_OPS[op](v, bound) for v in end])
+        violation += np.nan_to_num(
+            np.maximum(0.0, (end - bound) if upper else (bound - end)), nan=np.inf
+        )
+    return feasible, violation
+
+
+def _chosen(base: OperatingPoint, best: pd.Series, rows: pd.DataFrame, c0: str) -> OperatingPoint:
+    """`base` filled in with the chosen configuration: its seeds, adapters and config."""
+    o_col = base.objective
+    chosen = rows[rows["group_hash"] == best["group_hash"]].sort_values("trial_id")
+    config_cols = [c for c in TrialConfig.field_names() if c in chosen.columns and c != "seed"]
+    paths = chosen["adapter_path"].dropna() if "adapter_path" in chosen.columns else []
+    return dataclasses.replace(
+        base,
         feasible=True,
-        reason=reason,
-        constraint=base.constraint,
-        objective=o_col,
-        split=split,
-        constraints=texts,
-        rule=rule,
         group_hash=str(best["group_hash"]),
         family=best.get("family"),
         modality=best.get("modality"),
         n_seeds=int(best["n"]),
-        n_candidates=len(agg),
         objective_mean=float(best[f"{o_col}_mean"]),
         objective_lo=float(best[f"{o_col}_lo"]),
         objective_hi=float(best[f"{o_col}_hi"]),
@@ -448,11 +460,6 @@ def select_operating_point(
         trial_ids=[str(t) for t in chosen["trial_id"]],
         adapter_paths=[str(p) for p in paths],
         config={c: chosen[c].iloc[0] for c in config_cols},
-        runners_up=[
-            _summary(r, o_col, c_cols, bounds)
-            for _, r in ranked.iloc[1 : 1 + runners_up].iterrows()
-        ],
-        references=base.references,
     )
 
 

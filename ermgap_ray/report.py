@@ -172,14 +172,7 @@ def pareto_frame(
     By language the gap is `gap_<m>/<lang>` and the utility `<utility>/<lang>`. Values in pp.
     """
     rows = final_rows(df)
-    if by_language:
-        if not gap.startswith("max_gap_"):
-            raise ValueError(f"by_language needs a max_gap_<m> metric, got {gap!r}")
-        kind = gap.removeprefix("max_gap_")
-        panels = [(lang, rows, f"gap_{kind}/{lang}", f"{utility}/{lang}") for lang in LANGUAGES]
-    else:
-        present = list(dict.fromkeys([*MODALITIES, *rows["modality"].dropna().unique()]))
-        panels = [(m, rows[rows["modality"] == m], gap, utility) for m in present]
+    panels = _panels(rows, gap, utility, by_language)
     keys = list(
         dict.fromkeys(g.split("/", 1)[1] if g.startswith(f"{split}/") else g for *_, g, _ in panels)
     )
@@ -188,82 +181,21 @@ def pareto_frame(
     nulls = nulls[~is_reference(nulls)]
     parts = []
     for panel, sub, g, u in panels:
-        g_col, u_col = metric_column(df, g, split), metric_column(df, u, split)
         if sub.empty:
             continue
-        agg = aggregate_seeds(sub, [u_col, g_col], ci=ci)
-        means = agg[[f"{u_col}_mean", f"{g_col}_mean"]].to_numpy(float)
-        config = pd.DataFrame(
-            {
-                "panel": panel,
-                "kind": "config",
-                "group_hash": agg["group_hash"],
-                "trial_id": "",
-                "family": agg["family"],
-                "modality": agg["modality"],
-                "n": agg["n"],
-                "utility": 100 * agg[f"{u_col}_mean"],
-                # t-intervals are symmetric; W-F1 and gaps live in [0, 100] (points).
-                "utility_lo": (100 * agg[f"{u_col}_lo"]).clip(0, 100),
-                "utility_hi": (100 * agg[f"{u_col}_hi"]).clip(0, 100),
-                "gap": 100 * agg[f"{g_col}_mean"],
-                "gap_lo": (100 * agg[f"{g_col}_lo"]).clip(0, 100),
-                "gap_hi": (100 * agg[f"{g_col}_hi"]).clip(0, 100),
-                "on_front": pareto_mask(means, [True, False]),
-                "ci_front": seed_aware_pareto_mask(agg, [u_col, g_col], [True, False]),
-                "gap_metric": g_col,
-            }
-        )
-        trials = pd.DataFrame(
-            {
-                "panel": panel,
-                "kind": "trial",
-                "group_hash": sub["group_hash"],
-                "trial_id": sub["trial_id"].astype(str),
-                "family": sub["family"],
-                "modality": sub["modality"],
-                "n": 1,
-                "utility": 100 * sub[u_col],
-                "utility_lo": math.nan,
-                "utility_hi": math.nan,
-                "gap": 100 * sub[g_col],
-                "gap_lo": math.nan,
-                "gap_hi": math.nan,
-                "on_front": False,
-                "ci_front": False,
-                "gap_metric": g_col,
-            }
-        )
-        key = g_col.split("/", 1)[1]
-        n_col, p95_col = null_column(key, null_split), null_column(key, null_split, True)
-        known = nulls.loc[nulls.index.intersection(sub.index), [n_col, p95_col]].dropna()
-        null = pd.DataFrame(
-            {
-                "panel": [panel],
-                "kind": "null",
-                "group_hash": "",
-                "trial_id": "",
-                "family": "",
-                "modality": sub["modality"].iloc[0] if not by_language else "",
-                "n": len(known),
-                "utility": math.nan,
-                "utility_lo": math.nan,
-                "utility_hi": math.nan,
-                "gap": 100 * known[n_col].mean(),
-                "gap_lo": 0.0,
-                "gap_hi": 100 * known[p95_col].mean(),
-                "on_front": False,
-                "ci_front": False,
-                "gap_metric": n_col,
-            }
-        )
+        g_col, u_col = metric_column(df, g, split), metric_column(df, u, split)
+        modality = sub["modality"].iloc[0] if not by_language else ""
         parts += [
-            frame.assign(utility_metric=u_col)
-            for frame in (config, trials, null[:1] if len(known) else null[:0])
+            _config_rows(panel, sub, u_col, g_col, ci),
+            _trial_rows(panel, sub, u_col, g_col),
+            _null_row(
+                panel, modality, nulls.loc[nulls.index.intersection(sub.index)], g_col, null_split
+            ),
         ]
+    parts = [p for p in parts if len(p)]
     if not parts:
         raise ValueError("no finished trials to plot (no TERMINATED final rows)")
-    frame = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True)
     ranks = frame.assign(
         _p=_order(frame["panel"], [*MODALITIES, *LANGUAGES]),
         _k=frame["kind"].map({"config": 0, "trial": 1, "null": 2}),
@@ -271,6 +203,109 @@ def pareto_frame(
     )
     order = ranks.sort_values(["_p", "_k", "_f", "modality", "group_hash", "trial_id"]).index
     return frame.loc[order].reset_index(drop=True)
+
+
+def _panels(
+    rows: pd.DataFrame, gap: str, utility: str, by_language: bool
+) -> list[tuple[str, pd.DataFrame, str, str]]:
+    """(panel, its rows, gap metric, utility metric): per modality, or per language."""
+    if by_language:
+        if not gap.startswith("max_gap_"):
+            raise ValueError(f"by_language needs a max_gap_<m> metric, got {gap!r}")
+        kind = gap.removeprefix("max_gap_")
+        return [(lang, rows, f"gap_{kind}/{lang}", f"{utility}/{lang}") for lang in LANGUAGES]
+    present = list(dict.fromkeys([*MODALITIES, *rows["modality"].dropna().unique()]))
+    return [(m, rows[rows["modality"] == m], gap, utility) for m in present]
+
+
+def _frame_rows(panel: str, kind: str, n: int, **columns: Any) -> pd.DataFrame:
+    """One block of pareto_frame rows, every column present (NaN / empty where not given)."""
+    template: dict[str, Any] = {
+        "group_hash": "",
+        "trial_id": "",
+        "family": "",
+        "modality": "",
+        "utility": math.nan,
+        "utility_lo": math.nan,
+        "utility_hi": math.nan,
+        "gap": math.nan,
+        "gap_lo": math.nan,
+        "gap_hi": math.nan,
+        "on_front": False,
+        "ci_front": False,
+    }
+    return pd.DataFrame({"panel": panel, "kind": kind, "n": n, **template, **columns})
+
+
+def _config_rows(panel: str, sub: pd.DataFrame, u_col: str, g_col: str, ci: float) -> pd.DataFrame:
+    """Configurations: mean and t-CI over seeds; the front is drawn among trained methods only
+    (an untrained reference is "fair" because it is equally bad for everyone)."""
+    agg = aggregate_seeds(sub, [u_col, g_col], ci=ci)
+    candidate = ~is_reference(agg).to_numpy()
+    means = agg[[f"{u_col}_mean", f"{g_col}_mean"]].to_numpy(float)
+    on_front = np.zeros(len(agg), dtype=bool)
+    ci_front = np.zeros(len(agg), dtype=bool)
+    if candidate.any():
+        on_front[candidate] = pareto_mask(means[candidate], [True, False])
+        ci_front[candidate] = seed_aware_pareto_mask(
+            agg[candidate].reset_index(drop=True), [u_col, g_col], [True, False]
+        )
+    return _frame_rows(
+        panel,
+        "config",
+        agg["n"],
+        group_hash=agg["group_hash"],
+        family=agg["family"],
+        modality=agg["modality"],
+        utility=100 * agg[f"{u_col}_mean"],
+        # t-intervals are symmetric; W-F1 and gaps live in [0, 100] (points).
+        utility_lo=(100 * agg[f"{u_col}_lo"]).clip(0, 100),
+        utility_hi=(100 * agg[f"{u_col}_hi"]).clip(0, 100),
+        gap=100 * agg[f"{g_col}_mean"],
+        gap_lo=(100 * agg[f"{g_col}_lo"]).clip(0, 100),
+        gap_hi=(100 * agg[f"{g_col}_hi"]).clip(0, 100),
+        on_front=on_front,
+        ci_front=ci_front,
+        gap_metric=g_col,
+        utility_metric=u_col,
+    )
+
+
+def _trial_rows(panel: str, sub: pd.DataFrame, u_col: str, g_col: str) -> pd.DataFrame:
+    return _frame_rows(
+        panel,
+        "trial",
+        1,
+        group_hash=sub["group_hash"],
+        trial_id=sub["trial_id"].astype(str),
+        family=sub["family"],
+        modality=sub["modality"],
+        utility=100 * sub[u_col],
+        gap=100 * sub[g_col],
+        gap_metric=g_col,
+        utility_metric=u_col,
+    )
+
+
+def _null_row(
+    panel: str, modality: str, nulls: pd.DataFrame, g_col: str, null_split: str
+) -> pd.DataFrame:
+    """The panel's gender-shuffled null: its mean over trained trials, and their mean p95."""
+    key = g_col.split("/", 1)[1]
+    n_col, p95_col = null_column(key, null_split), null_column(key, null_split, True)
+    known = nulls[[n_col, p95_col]].dropna() if n_col in nulls and p95_col in nulls else nulls[:0]
+    row = _frame_rows(
+        panel,
+        "null",
+        len(known),
+        modality=[modality],
+        gap=100 * known[n_col].mean() if len(known) else math.nan,
+        gap_lo=0.0,
+        gap_hi=100 * known[p95_col].mean() if len(known) else math.nan,
+        gap_metric=n_col,
+        utility_metric="",
+    )
+    return row if len(known) else row[:0]
 
 
 def _axis_label(column: str, unit: str) -> str:

@@ -33,7 +33,7 @@ from ermgap_ray.fs import atomic_path, atomic_write
 TRIALS_FILE = "trials.parquet"
 MANIFEST_FILE = "sweep.json"
 METRIC_PREFIXES = ("dev/", "test/", "train/")
-METRIC_KEYS = ("lambda", "time_epoch_s", "cpu_epoch_s")
+METRIC_KEYS = ("lambda", "lambda_next", "time_epoch_s", "cpu_epoch_s")
 ROW_KEYS = (
     "trial_id",
     "config_hash",

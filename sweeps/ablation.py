@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ermgap_ray.config import help_lines
+from ermgap_ray.config import HelpFormatter, help_lines
 from ermgap_ray.errors import user_errors
 
 PRESETS = """presets (sweeps/<name>.yaml; flags below override them):
@@ -46,23 +46,13 @@ FLAG_KNOBS = (
 )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults on every flag (flags left to the preset say so in their help), and the epilog
-    kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python sweeps/ablation.py",
         description="Run an ERM-MinMaxGAP sweep on a Ray cluster; results go to STORAGE/NAME "
         "(trials.parquet, sweep.json, optuna.db, Ray's restorable experiment, reports). "
         "Flags left out keep the preset's value.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         epilog=PRESETS
         + "\ntrial config keys (for --set and a preset's `trial:`):\n"
         + "\n".join(help_lines())

@@ -7,6 +7,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ray_processes() -> set[int]:
+    import psutil
+
+    names = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor")
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if any(n in cmd for n in names):
+            found.add(proc.info["pid"])
+    return found
+
+
+@pytest.fixture
+def ray_processes() -> Callable[[], set[int]]:
+    """PIDs of every Ray process on this machine, for orphan checks after a driver stops."""
+    return _ray_processes

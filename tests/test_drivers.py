@@ -164,26 +164,16 @@ def test_train_cli_is_quiet_by_default(small_corpus: Path, tmp_path: Path) -> No
     assert json.loads(done.stdout.strip().splitlines()[-1])["epoch"] == 1
 
 
-def _ray_processes() -> set[int]:
-    import psutil
-
-    names = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor")
-    found = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if any(n in cmd for n in names):
-            found.add(proc.info["pid"])
-    return found
-
-
 @pytest.mark.slow
-def test_live_run_refuses_others_and_sigterm_stops_it_like_ctrl_c(tmp_path: Path) -> None:
+def test_live_run_refuses_others_and_sigterm_stops_it_like_ctrl_c(
+    tmp_path: Path, ray_processes
+) -> None:
     """A real driver: a second driver and a `--resume` of the live run are refused; SIGTERM
     (preemption) exits 143 with the resume hint, sweep.json says interrupted, no Ray process is
     left; then `--resume` finishes with every trial once."""
     import psutil
 
-    before = _ray_processes()
+    before = ray_processes()
     args = ["--preset", "smoke", "--cluster", "local", "--storage", str(tmp_path)]
     args += ["--name", "live", "--set", "epochs=3"]
     live = _driver(*args)
@@ -210,7 +200,7 @@ def test_live_run_refuses_others_and_sigterm_stops_it_like_ctrl_c(tmp_path: Path
     assert read_manifest(tmp_path / "live").status == "interrupted"
     time.sleep(3)
     orphans = []
-    for pid in _ray_processes() - before:
+    for pid in ray_processes() - before:
         try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 orphans.append(" ".join(psutil.Process(pid).cmdline()))

@@ -57,19 +57,9 @@ def test_train_cli_refuses_an_escaping_name(small_corpus, tmp_path, capsys):
     assert not (tmp_path.parent / "out").exists()
 
 
-def _ray_processes() -> set[int]:
-    names = ("raylet", "gcs_server", "ray::", "dashboard", "log_monitor")
-    found = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if any(n in cmd for n in names):
-            found.add(proc.info["pid"])
-    return found
-
-
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_cleanly_without_orphans(tmp_path):
-    before = _ray_processes()
+def test_ctrl_c_stops_the_sweep_cleanly_without_orphans(tmp_path, ray_processes):
+    before = ray_processes()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "sweeps/ablation.py", "--preset", "smoke", "--cluster", "local"]
     cmd += ["--storage", str(tmp_path), "--name", "sigint", "--set", "epochs=3"]
@@ -94,7 +84,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_without_orphans(tmp_path):
     assert "--resume" in out
     time.sleep(3)
     orphans = [
-        p for p in _ray_processes() - before if psutil.pid_exists(p) and _alive(psutil.Process(p))
+        p for p in ray_processes() - before if psutil.pid_exists(p) and _alive(psutil.Process(p))
     ]
     assert not orphans, [" ".join(psutil.Process(p).cmdline()) for p in orphans]
 

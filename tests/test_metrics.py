@@ -7,7 +7,6 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_s
 
 from ermgap_ray.data.schema import EMOTIONS
 from ermgap_ray.metrics import (
-    GAP_METRICS,
     bootstrap_ci,
     confusion_cells,
     mean_ci,
@@ -16,6 +15,7 @@ from ermgap_ray.metrics import (
     shuffled_null,
     shuffled_null_gap,
 )
+from ermgap_ray.registry import GAP_KINDS
 
 K = len(EMOTIONS)
 
@@ -23,7 +23,7 @@ K = len(EMOTIONS)
 def reference_gaps(y, p, female, male):
     """Slow, obviously-correct gaps: loops over classes with sklearn per gender subset."""
     if not female.any() or not male.any():
-        return dict.fromkeys(GAP_METRICS, math.nan)
+        return dict.fromkeys(GAP_KINDS, math.nan)
     tpr, fpr = [], []
     for c in range(K):
         yf, pf, ym, pm = y[female] == c, p[female] == c, y[male] == c, p[male] == c
@@ -61,7 +61,7 @@ def reference_report(y, p, languages, genders):
         out[f"acc/{lang}"] = accuracy_score(y[sel], p[sel])
         per_lang[lang] = reference_gaps(y, p, sel & (genders == "F"), sel & (genders == "M"))
     pooled = reference_gaps(y, p, genders == "F", genders == "M")
-    for m in GAP_METRICS:
+    for m in GAP_KINDS:
         values = [per_lang[lang][m] for lang in langs]
         for lang, v in zip(langs, values, strict=True):
             out[f"gap_{m}/{lang}"] = v
@@ -121,7 +121,7 @@ def test_hand_computed_example():
     assert r["gap_tpr/en"] == pytest.approx(0.5)
     assert r["gap_fpr/en"] == pytest.approx(1 / 2)
     assert r["gap_avg/en"] == pytest.approx((0.5 + 1 / 2 + 2 / 3 + 0.5) / 4)
-    for m in GAP_METRICS:
+    for m in GAP_KINDS:
         assert math.isnan(r[f"gap_{m}/ja"])
         assert r[f"max_gap_{m}"] == r[f"gap_{m}/en"]
         assert r[f"gap_{m}/all"] == pytest.approx(r[f"gap_{m}/en"])
@@ -141,7 +141,7 @@ def test_string_labels_and_int_genders_match_indices():
 
 def test_all_languages_single_gender_gives_nan_max():
     r = ser_report([0, 1], [0, 0], ["en", "de"], ["F", "F"])
-    assert all(math.isnan(r[f"max_gap_{m}"]) for m in GAP_METRICS)
+    assert all(math.isnan(r[f"max_gap_{m}"]) for m in GAP_KINDS)
     assert list(k for k in r if k.startswith("wf1/")) == ["wf1/en", "wf1/de"]
 
 

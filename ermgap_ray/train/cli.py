@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ermgap_ray.config import help_lines, load_trial_config, safe_run_name
+from ermgap_ray.config import HelpFormatter, help_lines, load_trial_config, safe_run_name
 from ermgap_ray.errors import ConfigError, user_errors
 from ermgap_ray.fs import ensure_writable_dir
 from ermgap_ray.quiet import quiet_libraries
@@ -30,21 +30,12 @@ SUMMARY_KEYS = (
 )
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults on every flag that has one, and the epilog's examples kept as written."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m ermgap_ray.train",
         description="Run one ERM-MinMaxGAP trial. With --workers 1 and no --cluster it runs in "
         "this process; otherwise as a Ray Train TorchTrainer with DeepSpeed ZeRO.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="config keys (for the YAML file and --set):\n"
         + "\n".join(help_lines())
         + "\n\n"

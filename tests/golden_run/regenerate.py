@@ -1,6 +1,18 @@
 """Regenerate the golden run directories from real smoke sweeps (the real writer, real rows).
 
-    python tests/golden_run/regenerate.py [--only smoke|objectives] [--keep-storage]
+This script is the only way tests/golden_run/<name>/ are made; never edit them by hand. Run it
+from the repository root, with the package installed (ray, torch, peft, optuna), after a change
+to the writer, the trial metrics or the smoke preset:
+
+    python tests/golden_run/regenerate.py                 # all runs (a few minutes on 2 cores)
+    python tests/golden_run/regenerate.py --only smoke    # one run (repeatable)
+    python tests/golden_run/regenerate.py --keep-storage  # keep Ray's storage to inspect
+
+then rerun the tests that read them (they compute every expectation from the rows, so no
+numbers need updating) and commit the directories:
+
+    python -m pytest -q tests/test_report.py tests/test_pareto.py tests/test_compare.py \
+        tests/test_deploy.py tests/test_objectives_roundtrip.py
 
 Each golden run is a real `ermgap_ray.sweep.run_sweep` on the smoke preset (tiny backbone,
 synthetic corpus, one epoch), run into a temporary storage on a fresh local Ray head. Only
@@ -10,11 +22,14 @@ trials.parquet, the test predictions (predictions/<trial_id>.npz) and the LoRA a
 Ray's experiment state, checkpoints and the Optuna study are left behind. Absolute paths in
 the rows are rewritten relative to the run directory, and machine-specific manifest fields
 (cluster address, storage) are dropped, so the directory is the same wherever it is checked
-out.
+out. All of tests/golden_run must stay under BUDGET_BYTES (tests/test_report.py checks it).
 
 - smoke: the smoke preset with 2 seeds (grid: zero-shot, erm, fixed-p2, adaptive-p2 on audio;
-  then a 2-trial search), so configurations have a CI over seeds.
-- objectives: a 2-trial search with objectives dev/wf1:max and dev/max_gap_avg:min (issue 11).
+  then a 2-trial search), so configurations have a CI over seeds, paired Δ vs ERM has 2 shared
+  seeds, and the search trials are the 1-seed case. Read by test_report, test_pareto,
+  test_compare and test_deploy.
+- objectives: a 2-trial search with objectives dev/wf1:max and dev/max_gap_avg:min (issue 11):
+  the hypervolume over the sweep's own objectives (test_report, test_objectives_roundtrip).
 """
 
 from __future__ import annotations
@@ -41,6 +56,7 @@ RUNS: dict[str, dict[str, Any]] = {
     },
 }
 MACHINE_KEYS = ("cluster",)
+BUDGET_BYTES = 1_500_000
 CONFIG_MACHINE_KEYS = ("storage", "cluster")
 
 
@@ -112,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             dest = copy_run(run_dir, HERE / name)
             size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
             print(f"{name}: {dest} ({size / 1024:.0f} KiB)", flush=True)
+        total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
+        if total >= BUDGET_BYTES:
+            print(f"warning: tests/golden_run is {total} bytes, over {BUDGET_BYTES}", flush=True)
     finally:
         if args.keep_storage:
             print(f"storage kept: {storage}")
