@@ -25,6 +25,7 @@ OBJECTIVES = ("erm", "minmaxgap", "meangap", "groupdro")
 LAMBDA_MODES = ("fixed", "adaptive")
 DEV_GAP_METRICS = ("loss", *GAP_KINDS)
 ENGINES = ("auto", "torch", "deepspeed")
+TWIN_BIASES = ("spurious", "underrep", "none")
 
 
 def _knob(default: Any, help: str, **kw: Any) -> Any:
@@ -87,6 +88,12 @@ class TrialConfig:
         None,
         "Synthetic twin dir or manifest.csv, or meld-st:ROOT; None = the embedded synthetic twin.",
     )
+    twin_bias: Literal["spurious", "underrep", "none"] = _knob(
+        "spurious",
+        "With data=None, the synthetic twin's planted bias: spurious (a shortcut cue the weak "
+        "group lacks), underrep (the weak group is under-represented) or none (the control).",
+    )
+    twin_seed: int = _knob(0, "With data=None, the synthetic twin's generator seed.")
     use_cache: bool = _knob(True, "Read frozen-encoder outputs from the shared embedding cache.")
     bootstrap: int = _knob(1000, "Bootstrap resamples for the test-set confidence intervals.")
     keep_checkpoints: int = _knob(2, "How many epoch checkpoints to keep.")
@@ -128,6 +135,8 @@ class TrialConfig:
             raise bad("lora_dropout", "must be in [0, 1)")
         if self.zero_stage not in (2, 3):
             raise bad("zero_stage", "must be 2 or 3")
+        if self.twin_bias not in TWIN_BIASES:
+            raise bad("twin_bias", f"must be one of {', '.join(TWIN_BIASES)}")
         if self.engine not in ENGINES:
             raise bad("engine", f"must be one of {', '.join(ENGINES)}")
 

@@ -445,7 +445,8 @@ def _prepare_inputs(configs: list[TrialConfig]) -> dict[str, Any]:
     static: dict[str, Any] = {}
     seen = set()
     for trial in configs:
-        key = (trial.data, trial.backbone, trial.use_cache, trial.modality)
+        key = (trial.data, trial.twin_bias, trial.twin_seed, trial.backbone, trial.use_cache)
+        key += (trial.modality,)
         if key in seen:
             continue
         seen.add(key)

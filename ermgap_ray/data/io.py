@@ -38,18 +38,20 @@ def data_fingerprint(df: pd.DataFrame, root: str | Path, mtimes: bool = True) ->
     return h.hexdigest()
 
 
-def _synthetic_default(root: Path | None) -> Path:
-    """The default twin's folder, generated once; concurrent callers race to one rename.
+def _synthetic_default(root: Path | None, bias: str, seed: int) -> Path:
+    """The twin's folder for (bias, seed), generated once; concurrent callers race to one
+    rename.
 
     The generator is imported here, not at module level, so that `python -m
     ermgap_ray.data.synthetic` does not find its own module already imported via the package.
     """
     from ermgap_ray.data.synthetic import SYNTHETIC_VERSION, make_corpus
 
-    target = (root or cache_root()) / "data" / f"synthetic-{SYNTHETIC_VERSION}-seed0"
+    name = f"synthetic-{SYNTHETIC_VERSION}-{bias}-seed{seed}"
+    target = (root or cache_root()) / "data" / name
     if not (target / MANIFEST).exists():
         with atomic_dir(target) as tmp:
-            make_corpus(tmp, seed=0)
+            make_corpus(tmp, seed=seed, bias=bias)
         if not (target / MANIFEST).exists():
             raise DataValidationError(
                 f"{target} exists without {MANIFEST}; delete it to regenerate"
@@ -63,18 +65,21 @@ def resolve_data(
     check_audio: bool = True,
     modality: str | None = None,
     max_seconds: float | None = None,
+    twin_bias: str = "spurious",
+    twin_seed: int = 0,
 ) -> tuple[pd.DataFrame, str]:
     """(validated records, fingerprint) for a `data` spec.
 
-    spec: None → the default synthetic twin under `<cache_root>/data/synthetic-<version>-seed0/`
-    (generated into a temp folder and renamed, so no reader sees half a corpus);
+    spec: None → the synthetic twin with bias mechanism `twin_bias` and generator seed
+    `twin_seed`, under `<cache_root>/data/synthetic-<version>-<bias>-seed<seed>/` (generated
+    into a temp folder and renamed, so no reader sees half a corpus);
     a folder holding manifest.csv, or a manifest .csv path; or `meld-st:ROOT`.
     `modality` checks the transcripts an audio+text run needs, and `max_seconds` (the
     backbone's audio window) warns about clips it cuts; see `validate_records`.
     """
     checks = {"check_audio": check_audio, "modality": modality, "max_seconds": max_seconds}
     if spec is None:
-        folder = _synthetic_default(cache_root)
+        folder = _synthetic_default(cache_root, twin_bias, twin_seed)
         source = str(folder / MANIFEST)
         try:
             df = validate_records(read_manifest(source), source, **checks)

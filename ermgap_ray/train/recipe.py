@@ -72,6 +72,8 @@ def prepare_trial_inputs(
         check_audio=check_audio,
         modality=cfg.modality,
         max_seconds=audio_window_seconds(backbone_dir),
+        twin_bias=cfg.twin_bias,
+        twin_seed=cfg.twin_seed,
     )
     cache = None
     if cfg.use_cache:
