@@ -45,14 +45,18 @@ class TrialConfig:
     lambda_mode: Literal["fixed", "adaptive"] = _knob(
         "adaptive", "fixed: lambda stays at `lam`; adaptive: projected dual ascent on the dev gap."
     )
-    lam: float = _knob(0.5, "Fixed lambda, or lambda_0 for the adaptive schedule. 0 = ERM.")
+    lam: float = _knob(0.3, "Fixed lambda, or lambda_0 for the adaptive schedule. 0 = ERM.")
     eta: float = _knob(1.0, "Dual step size of the adaptive schedule.")
     epsilon: float = _knob(
-        0.05,
+        0.25,
         "Dev-gap tolerance of the adaptive schedule, in the units of dev_gap_metric (nats for "
         "loss, a fraction for a metric gap): lambda rises while the dev gap exceeds it.",
     )
-    lam_max: float = _knob(2.0, "Upper clip of the adaptive lambda.")
+    lam_max: float = _knob(
+        0.6,
+        "Upper clip of the adaptive lambda. Above ~1 the regulariser's ascent on the better-off "
+        "group outweighs ERM's descent and levels every group down (README).",
+    )
     dev_gap_metric: str = _knob(
         "loss",
         "Dev gap that drives adaptive lambda: loss (max-language loss gap) or a metric gap "

@@ -64,12 +64,12 @@ SEARCH_SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
         "p": ("choice", (1, 2)),
         "lambda_mode": ("choice", ("fixed", "adaptive")),
     },
-    "fixed": {"lam": ("log", 1e-2, 10.0)},
+    "fixed": {"lam": ("log", 1e-2, 3.0)},
     "adaptive": {
-        "lam_max": ("log", 1.0, 20.0),
+        "lam_max": ("log", 0.1, 5.0),
         "lam": ("log", 1e-2, 1.0),
         "eta": ("log", 0.1, 10.0),
-        "epsilon": ("float", 0.0, 0.1),
+        "epsilon": ("float", 0.0, 0.5),  # nats: the default dev gap is the loss gap
     },
     "optim": {"lr": ("log", 1e-4, 1e-2), "lora_r": ("choice", (4, 8, 16))},
 }

@@ -14,6 +14,8 @@ PRESETS = """presets (sweeps/<name>.yaml; flags below override them):
   search  Optuna multi-objective search (max dev/wf1, min dev/max_gap_wf1) over p, fixed vs
           adaptive lambda (lam | eta, epsilon, lam_max, lam as lambda_0), lr and lora_r
   smoke   a tiny grid then a tiny search, one epoch each: the CI check that it all runs
+  robustness  ERM vs adaptive-p2, audio, 5 seeds: rerun the claim on another twin with
+          --set twin_seed=11, --set twin_bias=none (the control) or --set twin_bias=underrep
 
 executors (--executor):
   auto    train whenever a trial has more than one worker or any GPU, else tune
@@ -60,7 +62,9 @@ def parser() -> argparse.ArgumentParser:
         + EXAMPLES,
     )
     p.add_argument(
-        "--preset", default=None, help="paper | search | smoke | a YAML path (default: paper)."
+        "--preset",
+        default=None,
+        help="paper | search | smoke | robustness | a YAML path (default: paper).",
     )
     p.add_argument(
         "--cluster",

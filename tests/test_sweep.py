@@ -76,7 +76,7 @@ def _cfg(tmp_path: Path, name: str, **kw: object) -> SweepConfig:
 def test_paper_preset_is_the_full_ablation() -> None:
     cfg = load_sweep_config("paper")
     trials = grid_trials(cfg)
-    assert len(trials) == len(PAPER_FAMILIES) * 2 * 3 == 48
+    assert len(trials) == len(PAPER_FAMILIES) * 2 * 5 == 80
     by_family = {t["family"]: t for t in trials if t["seed"] == 0 and t["modality"] == "audio"}
     assert by_family["zero-shot"]["epochs"] == 0
     assert by_family["erm"]["objective"] == "erm" and by_family["erm"]["lam"] == 0.0
@@ -89,7 +89,7 @@ def test_paper_preset_is_the_full_ablation() -> None:
         for t in trials
         if t["family"] != "zero-shot"
     }
-    assert len(hashes) == 42, "every trained trial is a distinct configuration"
+    assert len(hashes) == 70, "every trained trial is a distinct configuration"
 
 
 def test_overrides_flags_and_sets() -> None:
@@ -103,7 +103,7 @@ def test_overrides_flags_and_sets() -> None:
         load_sweep_config("paper", None, ["lamda=1"])
     with pytest.raises(ConfigError, match="metric:max"):
         load_sweep_config("paper", {"objectives": ["dev/wf1:up"]})
-    with pytest.raises(ConfigError, match="presets: paper, search, smoke"):
+    with pytest.raises(ConfigError, match="presets: paper, robustness, search, smoke"):
         load_sweep_config("nope")
 
 
