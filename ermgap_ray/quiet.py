@@ -12,7 +12,15 @@ import warnings
 
 
 def quiet_libraries() -> None:
-    """Call before the trial starts; the environment variable also reaches Ray workers."""
+    """Call before the trial starts; the environment variables also reach Ray workers.
+
+    Naming the CPU accelerator up front stops DeepSpeed's "Setting accelerator to CPU" warning
+    (its logger resets its own level on import, so a logging filter set here would not hold).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):

@@ -104,6 +104,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="Trial config override."
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="Keep DeepSpeed / transformers progress output."
+    )
     p.add_argument("--debug", action="store_true", help="Full tracebacks for input errors.")
     return p
 
@@ -111,7 +114,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ermgap_ray.config import parse_overrides
+    from ermgap_ray.quiet import quiet_libraries
     from ermgap_ray.sweep import load_sweep_config, run_sweep
+
+    if not (args.verbose or args.debug):
+        quiet_libraries()
 
     flags = {knob: getattr(args, knob) for knob in FLAG_KNOBS}
     flags["objectives"] = args.objective
