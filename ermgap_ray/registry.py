@@ -66,8 +66,8 @@ SEARCH_SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
     },
     "fixed": {"lam": ("log", 1e-2, 3.0)},
     "adaptive": {
-        "lam_max": ("log", 0.1, 5.0),
-        "lam": ("log", 1e-2, 1.0),
+        "lam_max": ("log", 0.3, 5.0),  # never below lam's range: lam_max >= lam
+        "lam": ("log", 1e-2, 0.3),
         "eta": ("log", 0.1, 10.0),
         "epsilon": ("float", 0.0, 0.5),  # nats: the default dev gap is the loss gap
     },

@@ -122,7 +122,7 @@ def test_default_twin_is_generated_once_and_atomically(
         t.start()
     for t in threads:
         t.join()
-    target = tmp_path / "cache" / "data" / f"synthetic-{SYNTHETIC_VERSION}-seed0"
+    target = tmp_path / "cache" / "data" / f"synthetic-{SYNTHETIC_VERSION}-spurious-seed0"
     assert (target / "manifest.csv").is_file()
     assert len(results) == 2 and results[0][1] == results[1][1]
     assert all(not c.exists() for c in calls)
@@ -139,7 +139,7 @@ def test_default_twin_cache_root_argument_and_corruption(
     from ermgap_ray.data import synthetic
 
     real = synthetic.make_corpus
-    monkeypatch.setattr(synthetic, "make_corpus", lambda out, seed=0: real(out, seed, size="small"))
+    monkeypatch.setattr(synthetic, "make_corpus", lambda out, seed=0, **kw: real(out, seed, "small"))
     df, _ = resolve_data(None, cache_root=tmp_path)
     wav = Path(df["audio"].iloc[0])
     wav.write_bytes(b"")
@@ -153,3 +153,26 @@ def test_resolve_meld_st_once_every_stratum_has_both_genders(meld_root: Path) ->
     df, fp = resolve_data(f"meld-st:{meld_root}")
     assert len(df) == 18 and set(df["language"]) == {"en", "de", "ja"}
     assert resolve_data(f"meld-st:{meld_root}")[1] == fp
+
+
+def test_twin_knobs_pick_the_mechanism_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`twin_bias` / `twin_seed` (TrialConfig knobs) name their own cached twin."""
+    import json
+
+    from ermgap_ray.data import synthetic
+
+    real = synthetic.make_corpus
+    monkeypatch.setattr(
+        synthetic,
+        "make_corpus",
+        lambda out, seed=0, bias="spurious": real(out, seed, "small", bias),
+    )
+    monkeypatch.setenv("ERMGAP_CACHE", str(tmp_path / "cache"))
+    df, fp = resolve_data(None, twin_bias="none", twin_seed=3)
+    target = tmp_path / "cache" / "data" / f"synthetic-{SYNTHETIC_VERSION}-none-seed3"
+    truth = json.loads((target / synthetic.GROUND_TRUTH).read_text())
+    assert truth["bias"] == "none" and truth["seed"] == 3
+    assert df["audio"].str.startswith(str(target)).all()
+    assert fp != resolve_data(None, twin_bias="spurious", twin_seed=3)[1]
