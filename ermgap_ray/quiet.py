@@ -2,6 +2,8 @@
 
 DeepSpeed's accelerator banner, transformers' weight-loading bars and their FutureWarnings say
 nothing a user of a finished trial needs, and they bury the one progress line per epoch.
+Everything here is an environment variable, a warnings filter or a logger level, so it costs
+nothing (a CLI calls it before its run-directory lock) and reaches Ray workers too.
 """
 
 from __future__ import annotations
@@ -11,21 +13,21 @@ import os
 import warnings
 
 
+def _has_gpu() -> bool:
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) or os.path.exists("/dev/nvidia0")
+
+
 def quiet_libraries() -> None:
-    """Call before the trial starts; the environment variables also reach Ray workers.
+    """Call before the libraries are imported.
 
     Naming the CPU accelerator up front stops DeepSpeed's "Setting accelerator to CPU" warning
-    (its logger resets its own level on import, so a logging filter set here would not hold).
+    (its logger resets its own level on import, so a logger level set here would not hold);
+    transformers' bars follow huggingface_hub's switch.
     """
-    import torch
-
-    if not torch.cuda.is_available():
+    if not _has_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

