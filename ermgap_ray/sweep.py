@@ -88,9 +88,10 @@ class SweepConfig:
         "more than one worker or any GPU, else tune.",
     )
     reuse_actors: bool = _knob(
-        True,
-        "Tune reuses a finished trial's process for the next one (same resources), so a `tune` "
-        "trial skips the import of torch, transformers and peft (README 'Performance').",
+        False,
+        "Tune reuses a finished trial's process for the next one, skipping the import of torch, "
+        "transformers and peft. Experimental in Ray for function trainables; off by default "
+        "because a driver-SIGKILL + --resume test ran one search trial twice with it on.",
     )
     max_concurrent: int | None = _knob(
         None, "Trials at once; default: the cluster's CPUs (or GPUs) / resources per trial."

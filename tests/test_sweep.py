@@ -324,6 +324,7 @@ def test_smoke_preset_on_two_nodes(tmp_path: Path, free_port: int) -> None:
                 "cluster": nodes.address,
                 "kind": "grid",
                 "families": ["erm", "fixed-p2"],
+                "executor": "train",  # Ray Train workers, one per node
             },
         )
         result = run_sweep(cfg, progress_interval_s=5)
