@@ -156,8 +156,24 @@ class _Ping:
         return os.getpid()
 
 
+def _require_token_if_token_mode() -> None:
+    """Ray 2.60 aborts the whole process (a C++ check, no exception) when a token-mode driver
+    joins a cluster and finds no token, so the driver looks for one first."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return
+    from ray._raylet import AuthenticationTokenLoader
+
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        raise ClusterError(
+            "RAY_AUTH_MODE is token here but no Ray token was found: set RAY_AUTH_TOKEN, or "
+            "RAY_AUTH_TOKEN_PATH, or write ~/.ray/auth_token (`ray get-auth-token` on the head); "
+            "for a cluster without auth set RAY_AUTH_MODE=disabled"
+        )
+
+
 def _join(address: str, log_to_driver: bool) -> str | None:
     probe(address)
+    _require_token_if_token_mode()
     _prepare_env(RAY_ENV)
     try:
         return _init(tuple(RAY_ENV), address=address, log_to_driver=log_to_driver)

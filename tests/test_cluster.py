@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -77,12 +78,7 @@ def test_local_starts_a_head_with_dashboard_and_train_env(monkeypatch) -> None:
     assert ray.get(worker_env.remote()) == ("0.2", "0")
 
 
-def test_auth_mode_mismatch_is_a_clear_error() -> None:
-    """A driver in token mode joining a no-auth cluster connects, but its actors never start.
-
-    In a subprocess: Ray caches the auth mode process-wide, which would leak into later tests.
-    """
-    script = """
+_JOIN_IN_TOKEN_MODE = """
 import os
 from ray.cluster_utils import Cluster
 from ermgap_ray.cluster import ClusterError, connect
@@ -96,9 +92,31 @@ except ClusterError as err:
     print("CLUSTERERROR", err)
 nodes.shutdown()
 """
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+
+
+@pytest.mark.parametrize("token", ["0123456789abcdef0123456789abcdef", None], ids=["token", "none"])
+def test_auth_mode_mismatch_is_a_clear_error(token: str | None, tmp_path: Path) -> None:
+    """A token-mode driver joining a no-auth cluster: with a token it connects but its actors
+    never start; with none Ray would abort the process. Both must end in one ClusterError.
+
+    In a subprocess with its own HOME (no ~/.ray/auth_token): Ray caches the auth mode
+    process-wide, which would leak into later tests.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
+    env["HOME"] = str(tmp_path)
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env
+        [sys.executable, "-c", _JOIN_IN_TOKEN_MODE],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert "CLUSTERERROR" in done.stdout, done.stdout + done.stderr[-2000:]
-    assert "RAY_AUTH_MODE is token here" in done.stdout
+    expected = "RAY_AUTH_MODE is token here" if token else "no Ray token was found"
+    assert expected in done.stdout
