@@ -78,3 +78,7 @@ SEARCH_SPACE: dict[str, dict[str, tuple[Any, ...]]] = {
 def family_style(family: str) -> tuple[str, str]:
     """(colour, marker) of a family; unknown families share one neutral style."""
     return FAMILY_STYLE.get(family, UNKNOWN_STYLE)
+
+
+SAMPLERS = ("auto", "gp", "tpe", "nsga2", "random")
+TRACKERS = ("tensorboard", "mlflow")

@@ -38,7 +38,13 @@ from ermgap_ray.config import (
 from ermgap_ray.data.schema import MODALITIES
 from ermgap_ray.errors import RunLockedError
 from ermgap_ray.fs import ensure_writable_dir
-from ermgap_ray.registry import PAPER_FAMILIES, SEARCH_FAMILY, SEARCH_SPACE
+from ermgap_ray.registry import (
+    PAPER_FAMILIES,
+    SAMPLERS,
+    SEARCH_FAMILY,
+    SEARCH_SPACE,
+    TRACKERS,
+)
 from ermgap_ray.results import (
     MANIFEST_FILE,
     read_manifest,
@@ -50,7 +56,6 @@ from ermgap_ray.results import (
 PRESET_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 OPTUNA_DB = "optuna.db"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
-SAMPLERS = ("nsga2", "tpe", "random")
 KINDS = ("grid", "search", "both")
 EXECUTORS = ("auto", "tune", "train")
 LOCK_FILE = "driver.lock"
@@ -100,8 +105,22 @@ class SweepConfig:
     modalities: list[str] = _knob(list(MODALITIES), "Grid: modalities; search: searched over.")
     families: list[str] = _knob(list(PAPER_FAMILIES), "Grid: ablation families to run.")
     num_samples: int = _knob(24, "Search: number of Optuna trials.")
-    sampler: Literal["nsga2", "tpe", "random"] = _knob(
-        "nsga2", "Search: nsga2 (NSGA-II), tpe (multivariate, grouped) or random (baseline)."
+    sampler: Literal["auto", "gp", "tpe", "nsga2", "random"] = _knob(
+        "auto",
+        "Search: gp (Gaussian process, logEHVI), tpe (multivariate, grouped), nsga2 (NSGA-II), "
+        "random (baseline); auto picks by budget (see make_sampler).",
+    )
+    constraints: list[str] = _knob(
+        [],
+        "Search: bounds `metric<=value` / `metric>=value` in the metric's own units "
+        "(fractions), e.g. dev/max_gap_wf1<=0.05; the sampler steers toward feasible trials and "
+        "the operating point defaults to them.",
+    )
+    warm_start: bool = _knob(
+        True, "Search: evaluate the paper grid's configurations first (points_to_evaluate)."
+    )
+    trackers: list[str] = _knob(
+        [], "Experiment trackers: tensorboard and/or mlflow (needs the [tracking] extra)."
     )
     sampler_seed: int = _knob(0, "Search: seed of the Optuna sampler.")
     objectives: list[str] = _knob(
@@ -126,6 +145,12 @@ class SweepConfig:
             )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sweep field 'sampler': must be one of {', '.join(SAMPLERS)}")
+        bad_trackers = sorted(set(self.trackers) - set(TRACKERS))
+        if bad_trackers:
+            raise ConfigError(
+                f"sweep field 'trackers': unknown {', '.join(bad_trackers)}; known: "
+                f"{', '.join(TRACKERS)}"
+            )
         unknown = sorted(set(self.families) - set(PAPER_FAMILIES))
         if unknown:
             raise ConfigError(
@@ -655,6 +680,7 @@ def _run_locked(
     from ermgap_ray.cluster import connect, explicit_address, probe
     from ermgap_ray.progress import ProgressTable
     from ermgap_ray.results_writer import ResultsWriter
+    from ermgap_ray.tracking import log_sweep_artifacts, tracker_callbacks
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -682,7 +708,8 @@ def _run_locked(
             writer = ResultsWriter(run_dir, static=static, index_offset=offset, phase=phase)
             total = len(grid_trials(cfg)) if phase == "grid" else cfg.num_samples
             progress = ProgressTable(concurrency, progress_interval_s, title=phase, total=total)
-            tuner = _tuner(cfg, phase, trainable, [writer, progress], concurrency)
+            callbacks = [writer, progress, *tracker_callbacks(cfg.trackers, run_dir)]
+            tuner = _tuner(cfg, phase, trainable, callbacks, concurrency)
             grid = tuner.fit()
             # Ctrl-C makes Tune stop its trials and return normally, with the stopped trials not
             # errored: a trial that ended without its final report means the sweep was cut short.
@@ -716,6 +743,7 @@ def _run_locked(
     )
     summary = summarize(trials)
     reports = _write_reports(run_dir)
+    log_sweep_artifacts(cfg.trackers, run_dir, reports)
     print(format_summary(summary, run_dir, n_ok, n_err, reports), flush=True)
     return SweepResult(run_dir, trials, summary, n_ok, n_err, manifest, reports)
 

@@ -7,6 +7,7 @@ import sys
 
 from ermgap_ray.config import HelpFormatter, help_lines
 from ermgap_ray.errors import user_errors
+from ermgap_ray.registry import SAMPLERS, TRACKERS
 
 PRESETS = """presets (sweeps/<name>.yaml; flags below override them):
   paper   the paper's ablation grid: zero-shot, ERM, fixed lambda x p in {1,2}, adaptive
@@ -87,7 +88,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-samples", type=int, help="Search: number of Optuna trials (preset: 24).")
     p.add_argument(
-        "--sampler", choices=("nsga2", "tpe", "random"), help="Search: sampler (preset: nsga2)."
+        "--sampler",
+        choices=SAMPLERS,
+        help="Search: Optuna sampler; auto picks by budget (see 'samplers' below; preset: auto).",
+    )
+    p.add_argument(
+        "--constraint",
+        action="append",
+        metavar="METRIC<=VALUE",
+        help="Search: a bound the sampler steers toward and the operating point defaults to, in "
+        "the metric's units (fractions), repeatable, e.g. dev/max_gap_wf1<=0.05.",
+    )
+    p.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        default=None,
+        help="Search: do not evaluate the paper grid's configurations first.",
+    )
+    p.add_argument(
+        "--tracker",
+        action="append",
+        choices=TRACKERS,
+        help="Log trials to TensorBoard and/or MLflow, repeatable (needs the [tracking] extra).",
     )
     p.add_argument(
         "--seeds", type=int, help="Grid: seeds per family and modality (preset: paper 5, smoke 1)."
@@ -122,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     flags = {knob: getattr(args, knob) for knob in FLAG_KNOBS}
     flags["objectives"] = args.objective
+    flags["constraints"] = args.constraint
+    flags["trackers"] = args.tracker
+    flags["warm_start"] = args.warm_start
     flags["resume"] = args.resume or None
     try:
         explicit = {k for k, v in flags.items() if v is not None}
