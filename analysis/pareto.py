@@ -2,7 +2,10 @@
 operating point and hypervolume-vs-trials curves of several runs.
 
     python analysis/pareto.py RUN_DIR [--split dev|test] [--gap wf1|avg] [--by-language]
-        [--max-gap 2 --objective wf1] [--hypervolume OTHER_RUN_DIR ...]
+        [--max-gap 2 --objective wf1] [--hypervolume OTHER_RUN_DIR ...] [--html]
+
+--html also writes report.html, the self-contained interactive explorer (the sweep writes it
+too): open it from disk in any browser; it needs the [html] extra (plotly).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from pathlib import Path
 from ermgap_ray.pareto import select_operating_point
 from ermgap_ray.registry import GAP_KINDS
 from ermgap_ray.report import (
+    REPORT_HTML,
     hypervolume_over_trials,
     load_run,
     pareto_frame,
     plot_hypervolume,
     plot_pareto,
     save_figure,
+    write_explorer,
 )
 
 
@@ -54,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN_DIR",
         help="also plot hypervolume vs trials of RUN_DIR and these runs",
     )
+    parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write report.html (RUN_DIR, or --out), the interactive trade-off explorer",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output dir (RUN_DIR/figures)")
     args = parser.parse_args(argv)
     try:
@@ -70,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = args.out or args.run_dir / "figures"
         stem = out / f"pareto_{args.split}_{gap}{'_by_language' if args.by_language else ''}"
-        paths = save_figure(plot_pareto(frame, operating_point=op), stem)
+        # A dev bound shades only the dev figure of the gap it bounds.
+        shade = args.max_gap if args.split == "dev" and not args.by_language else None
+        paths = save_figure(plot_pareto(frame, operating_point=op, gap_bound=shade), stem)
         frame.to_csv(f"{stem}.csv", index=False)
         paths.append(Path(f"{stem}.csv"))
         if args.hypervolume is not None:
@@ -83,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
                 name = manifest.name if manifest else run.name
                 curves[name] = hypervolume_over_trials(run_df, objectives)
             paths += save_figure(plot_hypervolume(curves), out / "hypervolume_vs_trials")
+        if args.html:
+            html = (args.out or args.run_dir) / REPORT_HTML
+            paths.append(write_explorer(args.run_dir, path=html))
+    except ModuleNotFoundError as err:
+        if err.name != "plotly":
+            raise
+        print("error: --html needs plotly: pip install 'ermgap-ray[html]'", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ this module touches no global backend or pyplot state.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -31,7 +33,10 @@ from ermgap_ray.pareto import (
     hypervolume,
     metric_column,
     pareto_mask,
+    parse_constraint,
+    reference_mask,
     seed_aware_pareto_mask,
+    seed_rule,
     select_operating_point,
 )
 from ermgap_ray.registry import (
@@ -55,7 +60,9 @@ _RC = {
     "axes.linewidth": 0.6,
 }
 NULL_PERMUTATIONS = 200
-NULL_COLOR = "0.88"
+NULL_COLOR, NULL_ALPHA = "0.88", 0.6
+INFEASIBLE_COLOR, INFEASIBLE_ALPHA = "#d62728", 0.08
+FRONT_COLOR = "0.35"
 MAX_GAPS: tuple[str, ...] = tuple(f"max_gap_{m}" for m in GAP_KINDS)
 
 
@@ -324,7 +331,7 @@ def _axis_label(column: str, unit: str) -> str:
 def _draw_panel(ax: Any, sub: pd.DataFrame, operating_point: OperatingPoint | None) -> None:
     trials, configs = sub[sub["kind"] == "trial"], sub[sub["kind"] == "config"]
     for _, r in sub[sub["kind"] == "null"].iterrows():
-        ax.axvspan(0, r["gap_hi"], color=NULL_COLOR, alpha=0.6, lw=0, zorder=0)
+        ax.axvspan(0, r["gap_hi"], color=NULL_COLOR, alpha=NULL_ALPHA, lw=0, zorder=0)
         ax.axvline(r["gap"], color="0.55", lw=0.7, ls=":", zorder=0)
     for family, t in trials.groupby("family", sort=False):
         color, marker = family_style(family)
@@ -341,7 +348,13 @@ def _draw_panel(ax: Any, sub: pd.DataFrame, operating_point: OperatingPoint | No
     front = configs[configs["on_front"]].sort_values(["gap", "utility"])
     if len(front):
         ax.step(
-            front["gap"], front["utility"], where="post", color="0.35", lw=0.8, ls="--", zorder=2
+            front["gap"],
+            front["utility"],
+            where="post",
+            color=FRONT_COLOR,
+            lw=0.8,
+            ls="--",
+            zorder=2,
         )
     for _, r in configs.iterrows():
         color, marker = family_style(r["family"])
@@ -391,13 +404,16 @@ def plot_pareto(
     operating_point: OperatingPoint | None = None,
     title: str | None = None,
     panel_size: tuple[float, float] = (3.4, 2.5),
+    gap_bound: float | None = None,
 ) -> Figure:
     """Utility (y) vs worst-language gap (x) per panel: faint trials, configuration means with
     CI whiskers on both axes, the means' front as a step line, the operating point as a star,
     and the gender-shuffled null as a grey band from 0 to its 95th percentile (dotted: its mean):
     gaps inside it are what a gender-blind model shows from finite cells alone.
 
-    Hollow markers are audio+text. The legend sits below the panels so it never covers data.
+    `gap_bound` (pp, e.g. the sweep's constraint) shades gap > bound as infeasible, so the
+    reader sees which side of the bound the star was chosen from. Hollow markers are
+    audio+text. The legend sits below the panels so it never covers data.
     """
     panels = list(dict.fromkeys(frame["panel"]))
     drawn = set(frame.loc[frame["kind"] != "null", "family"])
@@ -412,6 +428,8 @@ def plot_pareto(
         for ax, panel in zip(axes, panels, strict=True):
             sub = frame[frame["panel"] == panel]
             _draw_panel(ax, sub, operating_point)
+            if gap_bound is not None:
+                _shade_infeasible(ax, gap_bound)
             ax.set_title(panel.upper() if panel in LANGUAGES else panel)
             ax.set_xlabel(_axis_label(sub["gap_metric"].iloc[0], "pp"))
             ax.grid(True, lw=0.3, alpha=0.5)
@@ -437,10 +455,21 @@ def plot_pareto(
             ).all()
             where = "" if own else f" ({nulls['gap_metric'].iloc[0].split('/')[0]} split)"
             handles.append(
-                Patch(color=NULL_COLOR, alpha=0.6, lw=0, label=f"shuffled-gender null{where}")
+                Patch(
+                    color=NULL_COLOR, alpha=NULL_ALPHA, lw=0, label=f"shuffled-gender null{where}"
+                )
+            )
+        if gap_bound is not None:
+            handles.append(
+                Patch(
+                    color=INFEASIBLE_COLOR,
+                    alpha=INFEASIBLE_ALPHA,
+                    lw=0,
+                    label=f"infeasible (gap > {gap_bound:g} pts)",
+                )
             )
         handles += [
-            Line2D([], [], color="0.35", lw=0.8, ls="--", label="Pareto front"),
+            Line2D([], [], color=FRONT_COLOR, lw=0.8, ls="--", label="Pareto front"),
             Line2D([], [], ls="", marker="o", color="0.5", alpha=0.3, ms=3, label="single trial"),
         ]
         if operating_point is not None and operating_point.feasible:
@@ -483,23 +512,42 @@ def plot_pareto(
     return fig
 
 
-def _zoom_past_zero_shot(axes: Sequence[Any], panels: Sequence[str], frame: pd.DataFrame) -> None:
-    """The untrained backbone sits far below every trained model; scaling the shared y-axis to
-    the trained ones keeps their trade-off readable, and off-scale reference means are named in
-    the empty lower-right (high gap, low utility) corner instead."""
+def _shade_infeasible(ax: Any, bound: float) -> None:
+    """Shade gap > bound up to the data's right edge, without widening the axis."""
+    lo, hi = ax.get_xlim()
+    if bound < hi:
+        span = ax.axvspan(bound, hi, color=INFEASIBLE_COLOR, alpha=INFEASIBLE_ALPHA, lw=0, zorder=0)
+        span.set_gid("infeasible")
+    ax.set_xlim(lo, hi)
+
+
+def utility_zoom(frame: pd.DataFrame) -> tuple[float, float, pd.DataFrame] | None:
+    """(y low, y high, the off-scale reference configurations) when an untrained reference sits
+    so far below every trained model that a common y-axis would squash their trade-off; None
+    when no zoom is needed. Shared by the PNG and the HTML explorer, so both frame the same."""
     drawn = frame[frame["kind"] != "null"]
     trained = drawn[~drawn["family"].isin(REFERENCE_FAMILIES)]
     zero = drawn[drawn["family"].isin(REFERENCE_FAMILIES) & (drawn["kind"] == "config")]
     if trained.empty or zero.empty:
-        return
+        return None
     lo = np.nanmin(np.r_[trained["utility_lo"], trained["utility"]])
     hi = np.nanmax(np.r_[trained["utility_hi"], trained["utility"]])
     pad = 0.08 * (hi - lo) or 1.0
     if (zero["utility"] >= lo - pad).all():
+        return None
+    return float(lo - pad), float(hi + pad), zero[zero["utility"] < lo - pad]
+
+
+def _zoom_past_zero_shot(axes: Sequence[Any], panels: Sequence[str], frame: pd.DataFrame) -> None:
+    """Scale the shared y-axis to the trained models (`utility_zoom`) and name the off-scale
+    reference means in the empty lower-right (high gap, low utility) corner instead."""
+    zoom = utility_zoom(frame)
+    if zoom is None:
         return
+    lo, hi, zero = zoom
     for ax, panel in zip(axes, panels, strict=True):
-        ax.set_ylim(lo - pad, hi + pad)
-        off = zero[(zero["panel"] == panel) & (zero["utility"] < lo - pad)]
+        ax.set_ylim(lo, hi)
+        off = zero[zero["panel"] == panel]
         if len(off):
             values = "; ".join(f"{r.utility:.1f} / {r.gap:.1f}" for r in off.itertuples())
             ax.text(
@@ -859,25 +907,57 @@ def ablation_table(
     return render_ablation(frame, format=format, split=split, gap=gap, ci=ci)
 
 
-def write_reports(run_dir: str | Path, constraint: str = "max_gap_wf1<=0.02") -> dict[str, Path]:
+REPORT_HTML = "report.html"
+
+
+def report_metrics(manifest: SweepManifest | None) -> tuple[str, str]:
+    """(utility, gap) the figures draw: the sweep's first two objectives when they are a
+    maximised and a minimised dev metric (its own trade-off), else W-F1 and its max gap."""
+    objectives = manifest.objectives if manifest is not None else list(DEFAULT_OBJECTIVES)
+    (u_col, u_dir), (g_col, g_dir) = (list(objectives) + [("", "")] * 2)[:2]
+    if u_dir == "max" and g_dir == "min" and u_col.startswith("dev/") and g_col.startswith("dev/"):
+        return u_col.removeprefix("dev/"), g_col.removeprefix("dev/")
+    return "wf1", "max_gap_wf1"
+
+
+def gap_bound(constraints: Sequence[str], gap: str) -> float | None:
+    """The upper bound (pp) that `constraints` (fractions, as in sweep.json) put on dev `gap`."""
+    for text in constraints:
+        metric, op, value = parse_constraint(text)
+        if metric.removeprefix("dev/") == gap and op in ("<=", "<"):
+            return 100 * value
+    return None
+
+
+def write_reports(
+    run_dir: str | Path, constraint: str | Sequence[str] | None = None
+) -> dict[str, Path]:
     """Figures and tables of a finished sweep; the sweep calls this at the end.
 
-    figures/pareto.{pdf,png} (dev, operating point under `constraint` starred when feasible,
-    gender-shuffled null band), tables/ablation.{md,tex} (test split) and, when the run has
-    `search` trials, figures/hypervolume.{pdf,png} over the manifest's objectives.
+    figures/pareto.{pdf,png} (dev; the operating point starred when feasible and gap > bound
+    shaded; gender-shuffled null band), tables/ablation.{md,tex} (test split), report.html
+    (the interactive explorer, `write_explorer`; only with the [html] extra's plotly) and, when
+    the run has `search` trials, figures/hypervolume.{pdf,png} over the manifest's objectives.
+    The bounds are `constraint` (fractions) when given, else those of
+    `analysis/operating_point.py` without flags (deploy.resolve_bounds: the sweep's
+    `constraints`, else a 2-point gap bound), so the star is the point that CLI would deploy.
     """
+    from ermgap_ray.deploy import resolve_bounds
+
     run = Path(run_dir)
     df, manifest = load_run(run)
     objectives = manifest.objectives if manifest is not None else list(DEFAULT_OBJECTIVES)
-    (u_col, u_dir), (g_col, g_dir) = (list(objectives) + [("", "")] * 2)[:2]
-    utility, gap = "wf1", "max_gap_wf1"
-    if u_dir == "max" and g_dir == "min" and u_col.startswith("dev/") and g_col.startswith("dev/"):
-        utility, gap = u_col.removeprefix("dev/"), g_col.removeprefix("dev/")
-    df = with_null_columns(df, "test", MAX_GAPS, run)  # once, for the figure and the table
+    utility, gap = report_metrics(manifest)
+    bounds = resolve_bounds(run)
+    if constraint is not None:
+        constraints = [constraint] if isinstance(constraint, str) else list(constraint)
+    else:
+        constraints = bounds.constraints
+    df = with_null_columns(df, "test", MAX_GAPS, run)  # once, for the figures and the table
     out: dict[str, Path] = {}
-    op = select_operating_point(df, constraint=constraint, objective=utility)
+    op = select_operating_point(df, constraint=constraints, objective=bounds.objective)
     frame = pareto_frame(df, split="dev", gap=gap, utility=utility, run_dir=run)
-    fig = plot_pareto(frame, operating_point=op)
+    fig = plot_pareto(frame, operating_point=op, gap_bound=gap_bound(constraints, gap))
     out["pareto_pdf"], out["pareto_png"] = save_figure(fig, run / "figures" / "pareto")
     tables = run / "tables"
     tables.mkdir(parents=True, exist_ok=True)
@@ -886,6 +966,8 @@ def write_reports(run_dir: str | Path, constraint: str = "max_gap_wf1<=0.02") ->
         path = tables / f"ablation.{suffix}"
         path.write_text(render_ablation(frame, format=fmt, split="test", gap=gap))
         out[key] = path
+    if importlib.util.find_spec("plotly") is not None:
+        out["report_html"] = write_explorer(run, df)
     if (df["family"] == "search").any():
         hv = hypervolume_over_trials(df[df["family"] == "search"], objectives)
         name = manifest.name if manifest is not None else run.name
@@ -894,3 +976,257 @@ def write_reports(run_dir: str | Path, constraint: str = "max_gap_wf1<=0.02") ->
             fig, run / "figures" / "hypervolume"
         )
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A pandas / numpy scalar as JSON: NaN and NA become None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def _pp(value: Any) -> float | None:
+    value = _plain(value)
+    return None if value is None else 100 * float(value)
+
+
+def explorer_data(df: pd.DataFrame, run_dir: str | Path, ci: float = 0.95) -> dict[str, Any]:
+    """What report.html draws and selects (report_html.render_report_html), JSON-ready, in pp.
+
+    `points`: `pareto_frame` rows of both splits (`split`; `kind` config | trial), each with
+    its family label, variant, knobs, `reference` flag, per-language utility and gap as
+    [mean, lo, hi] (t-CI over seeds for a configuration; a trial's lo/hi are its bootstrap CI
+    where logged, else None) and its split's `nulls`, axis titles and `utility_zoom`.
+    `configs`: each configuration's means and CIs on both splits and `checked`, the dev gap end
+    the bound is checked on (CI upper end, unclipped; the value with 1 seed).
+    `selection`: `select_operating_point` on dev under a gap bound alone, as
+    `analysis/operating_point.py --max-gap B` runs it (deploy.resolve_bounds' objective and gap
+    metric). A configuration's feasibility only changes at its `checked` end, so it is solved
+    once per distinct end `t` (fraction): a bound b selects the last `states` entry with
+    t <= b, else `none`. `bound` (pp) is where the slider starts: the sweep's own gap
+    constraint, else deploy's default. `ablation`: the test table's cells (`ablation_cells`)
+    with numeric sort keys, and its note.
+    """
+    from ermgap_ray.deploy import DEFAULT_MAX_GAP, resolve_bounds
+
+    run = Path(run_dir)
+    manifest = read_manifest(run, missing_ok=True)
+    utility, gap = report_metrics(manifest)
+    final = final_rows(df)
+    firsts = final.groupby("group_hash").first()
+    refs = set(firsts.index[reference_mask(firsts)])
+    variants = _variants(final)
+    points: list[dict[str, Any]] = []
+    splits: dict[str, dict[str, Any]] = {}
+    for split in ("dev", "test"):
+        frame = pareto_frame(df, split=split, gap=gap, utility=utility, ci=ci, run_dir=run)
+        u_col, g_col = metric_column(df, utility, split), metric_column(df, gap, split)
+        langs = _language_columns(df, split, utility, gap)
+        lang_agg = aggregate_seeds(final, [c for pair in langs.values() for c in pair if c], ci=ci)
+        lang_agg = lang_agg.set_index("group_hash")
+        trials = final.set_index(final["trial_id"].astype(str))
+        for row in frame[frame["kind"] != "null"].to_dict("records"):
+            gh, is_trial = row["group_hash"], row["kind"] == "trial"
+            src = trials.loc[row["trial_id"]] if is_trial else lang_agg.loc[gh]
+            point = {k: _plain(v) for k, v in row.items() if k not in _METRIC_NAMES}
+            point |= {
+                "split": split,
+                "n": int(row["n"]),
+                "label": FAMILY_LABELS.get(row["family"], row["family"]),
+                "variant": variants.get(gh, ""),
+                "reference": gh in refs,
+                "config": {k: _plain(firsts.at[gh, k]) for k in _HOVER_KNOBS if k in firsts},
+                "languages": {
+                    lang: {
+                        name: _language_cell(src, col, is_trial) if col else None
+                        for name, col in zip(("utility", "gap"), pair, strict=True)
+                    }
+                    for lang, pair in langs.items()
+                },
+            }
+            if is_trial:
+                point["seed"] = _plain(src.get("seed"))
+                for name, col in (("utility", u_col), ("gap", g_col)):
+                    point[f"{name}_lo"] = _pp(src.get(f"{col}_lo"))
+                    point[f"{name}_hi"] = _pp(src.get(f"{col}_hi"))
+            points.append(point)
+        nulls = frame[frame["kind"] == "null"]
+        zoom = utility_zoom(frame)
+        splits[split] = {
+            "x_title": _axis_label(g_col, "pp"),
+            "y_title": _axis_label(u_col, "%"),
+            "nulls": [
+                {"panel": r.panel, "gap": float(r.gap), "gap_hi": float(r.gap_hi)}
+                for r in nulls.itertuples()
+            ],
+            "y_range": None if zoom is None else [zoom[0], zoom[1]],
+            "off_scale": []
+            if zoom is None
+            else [
+                {"panel": r.panel, "utility": float(r.utility), "gap": float(r.gap)}
+                for r in zoom[2].itertuples()
+            ],
+        }
+    bounds = resolve_bounds(run)
+    start = gap_bound(bounds.constraints, bounds.gap_metric)
+    return {
+        "title": manifest.name if manifest is not None else run.name,
+        "run_dir": str(run.resolve()),
+        "n_final": len(final),
+        "panels": list(dict.fromkeys(p["panel"] for p in points)),
+        "labels": {
+            "utility": METRIC_LABELS.get(utility, utility),
+            "gap": METRIC_LABELS.get(gap.removeprefix("max_gap_"), gap),
+        },
+        "styles": {
+            "null": {"color": to_hex(NULL_COLOR), "alpha": NULL_ALPHA},
+            "infeasible": {"color": to_hex(INFEASIBLE_COLOR), "alpha": INFEASIBLE_ALPHA},
+            "front": {"color": to_hex(FRONT_COLOR)},
+        },
+        "splits": splits,
+        "points": points,
+        "configs": _explorer_configs(points, final, bounds.gap_metric, ci),
+        "selection": {
+            **_explorer_selection(final, bounds.objective, bounds.gap_metric, ci),
+            "bound": DEFAULT_MAX_GAP if start is None else start,
+            "source": bounds.source,
+            "other_constraints": [
+                c for c in bounds.constraints if gap_bound([c], bounds.gap_metric) is None
+            ],
+        },
+        "ablation": _explorer_ablation(df, run, gap, ci),
+    }
+
+
+_HOVER_KNOBS = ("objective", *_KNOBS)
+_METRIC_NAMES = ("gap_metric", "utility_metric", "n", "ci_front")  # per split, not per point
+
+
+def _language_columns(
+    df: pd.DataFrame, split: str, utility: str, gap: str
+) -> dict[str, tuple[str | None, str | None]]:
+    """Per language: the utility column and the per-language gap behind `max_gap_<kind>`."""
+    kind = gap.removeprefix("max_gap_") if gap.startswith("max_gap_") else None
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for lang in LANGUAGES:
+        u, g = f"{split}/{utility}/{lang}", f"{split}/gap_{kind}/{lang}"
+        pair = (u if u in df.columns else None, g if kind and g in df.columns else None)
+        if any(pair):
+            out[lang] = pair
+    return out
+
+
+def _language_cell(src: pd.Series, col: str, is_trial: bool) -> list[float | None]:
+    """[mean, lo, hi] in pp; the t-interval clipped to [0, 100] as in `_config_rows`."""
+    if is_trial:
+        return [_pp(src.get(col)), None, None]
+    mean, lo, hi = (_pp(src[f"{col}_{k}"]) for k in ("mean", "lo", "hi"))
+    return [mean, *(None if v is None else min(100.0, max(0.0, v)) for v in (lo, hi))]
+
+
+def _explorer_configs(
+    points: list[dict[str, Any]], final: pd.DataFrame, gap_metric: str, ci: float
+) -> dict[str, dict[str, Any]]:
+    g_col = metric_column(final, gap_metric, "dev")
+    checked = aggregate_seeds(final, [g_col], ci=ci).set_index("group_hash")[f"{g_col}_hi"]
+    keys = ("utility", "utility_lo", "utility_hi", "gap", "gap_lo", "gap_hi")
+    out: dict[str, dict[str, Any]] = {}
+    for p in points:
+        if p["kind"] != "config":
+            continue
+        c = out.setdefault(
+            p["group_hash"],
+            {k: p[k] for k in ("label", "variant", "family", "modality", "panel", "n", "reference")}
+            | {"checked": _pp(checked.get(p["group_hash"]))},
+        )
+        c[p["split"]] = {k: p[k] for k in keys}
+    return out
+
+
+def _explorer_selection(
+    final: pd.DataFrame, objective: str, gap_metric: str, ci: float
+) -> dict[str, Any]:
+    """select_operating_point at every distinct dev gap end of the trained configurations."""
+    cands = final[~reference_mask(final)]
+    g_col = metric_column(final, gap_metric, "dev")
+    his = np.array([])
+    if len(cands):
+        his = aggregate_seeds(cands, [g_col], ci=ci)[f"{g_col}_hi"].dropna().to_numpy(float)
+    ends = np.unique(his)
+
+    def select(t: float) -> OperatingPoint:
+        return select_operating_point(final, [f"{gap_metric}<={t!r}"], objective, ci=ci)
+
+    def state(op: OperatingPoint, t: float) -> dict[str, Any]:
+        return {
+            "group_hash": op.group_hash,
+            "n_ok": int((his <= t).sum()),
+            "runners_up": [s["group_hash"] for s in op.runners_up] if op.feasible else [],
+            "nearest": [s["group_hash"] for s in op.nearest],
+        }
+
+    low = float(np.nextafter(ends[0], -np.inf)) if len(ends) else 0.0
+    none = select(low)
+    return {
+        "objective": metric_column(final, objective, "dev"),
+        "gap_metric": g_col,
+        "rule": seed_rule(ci),
+        "n_candidates": none.n_candidates,
+        "states": [{"t": float(t), **state(select(float(t)), float(t))} for t in ends],
+        "none": state(none, low),
+    }
+
+
+def _explorer_ablation(df: pd.DataFrame, run: Path, gap: str, ci: float) -> dict[str, Any]:
+    """The test ablation table's cells with what each column sorts by (its number, not text)."""
+    frame = ablation_frame(df, split="test", gap=gap, ci=ci, run_dir=run)
+    cells = ablation_cells(frame, "md", gap)
+    compared = list(dict.fromkeys(("wf1", gap)))
+    keys = [
+        cells["Method"],
+        frame["modality"],
+        frame["n"],
+        *(frame[m] for m in TABLE_METRICS),
+        *(frame[f"{k}_{name}"] for name in compared for k in ("delta", "p")),
+    ]
+    if len(keys) != len(cells.columns):
+        raise ValueError("ablation_cells' columns changed: update _explorer_ablation's keys")
+    note = render_ablation(frame, "md", "test", gap, ci).split("\n\n", 1)[1].strip()
+    rows = [
+        {
+            "reference": bool(frame["reference"].iloc[i]),
+            "cells": [
+                _table_cell(str(text), key.iloc[i])
+                for text, key in zip(cells.iloc[i], keys, strict=True)
+            ],
+        }
+        for i in range(len(cells))
+    ]
+    return {"columns": list(cells.columns), "rows": rows, "note": note}
+
+
+def _table_cell(text: str, key: Any) -> dict[str, Any]:
+    """A Markdown cell (`**best**` in bold) as text, a bold flag and its sort key."""
+    bold = text.startswith("**") and text.endswith("**")
+    return {"text": text[2:-2] if bold else text, "bold": bold, "sort": _plain(key)}
+
+
+def write_explorer(
+    run_dir: str | Path, df: pd.DataFrame | None = None, path: str | Path | None = None
+) -> Path:
+    """`path` (RUN_DIR/report.html): the self-contained trade-off explorer (plotly: [html]).
+
+    `df` is the run's trials with null columns (`with_null_columns`), when already loaded.
+    """
+    from ermgap_ray.fs import atomic_write
+    from ermgap_ray.report_html import render_report_html
+
+    run = Path(run_dir)
+    if df is None:
+        df = with_null_columns(load_run(run)[0], "test", MAX_GAPS, run)
+    path = Path(path) if path is not None else run / REPORT_HTML
+    with atomic_write(path) as handle:
+        handle.write(render_report_html(explorer_data(df, run)))
+    return path

@@ -32,6 +32,7 @@ from ermgap_ray.fs import atomic_path, atomic_write
 
 TRIALS_FILE = "trials.parquet"
 MANIFEST_FILE = "sweep.json"
+OPTUNA_DB = "optuna.db"
 METRIC_PREFIXES = ("dev/", "test/", "train/")
 METRIC_KEYS = ("lambda", "lambda_next", "time_epoch_s", "cpu_epoch_s")
 ROW_KEYS = (

@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import socket
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -42,11 +41,11 @@ from ermgap_ray.registry import (
     PAPER_FAMILIES,
     SAMPLERS,
     SEARCH_FAMILY,
-    SEARCH_SPACE,
     TRACKERS,
 )
 from ermgap_ray.results import (
     MANIFEST_FILE,
+    OPTUNA_DB,
     read_manifest,
     read_trials,
     split_trial_config,
@@ -54,7 +53,6 @@ from ermgap_ray.results import (
 )
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "sweeps"
-OPTUNA_DB = "optuna.db"
 NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 KINDS = ("grid", "search", "both")
 EXECUTORS = ("auto", "tune", "train")
@@ -168,6 +166,10 @@ class SweepConfig:
         if self.max_failures < 0:
             raise ConfigError("sweep field 'max_failures': must be >= 0")
         self.parsed_objectives()
+        if self.constraints:
+            from ermgap_ray.search import parse_bounds
+
+            parse_bounds(self.constraints)
         unknown = sorted(set(self.trial) - set(TrialConfig.field_names()))
         if unknown:
             raise ConfigError(
@@ -241,84 +243,6 @@ def grid_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
                 TrialConfig.from_dict(values)
                 out.append({"family": family, **values})
     return out
-
-
-def _suggest(trial: Any, name: str, spec: tuple[Any, ...]) -> Any:
-    kind, *args = spec
-    if kind == "choice":
-        return trial.suggest_categorical(name, list(args[0]))
-    return trial.suggest_float(name, args[0], args[1], log=kind == "log")
-
-
-class SearchSpace:
-    """Optuna define-by-run space over SEARCH_SPACE; a class (not a closure) so Tune can pickle
-    it into its searcher checkpoint. Knobs fixed by `trial:` / `--set` are not searched."""
-
-    def __init__(self, fixed: dict[str, Any], modalities: list[str]) -> None:
-        self.fixed = dict(fixed)
-        self.modalities = list(modalities)
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        def draw(group: str) -> None:
-            for name, spec in SEARCH_SPACE[group].items():
-                if name not in self.fixed:
-                    _suggest(trial, name, spec)
-
-        draw("common")
-        mode = self.fixed.get("lambda_mode") or trial.params["lambda_mode"]
-        draw(mode)
-        draw("optim")
-        constants = {"family": SEARCH_FAMILY, "objective": "minmaxgap", **self.fixed}
-        if "modality" not in self.fixed:
-            if len(self.modalities) > 1:
-                trial.suggest_categorical("modality", self.modalities)
-            else:
-                constants["modality"] = self.modalities[0]
-        return constants
-
-
-def make_sampler(kind: str, seed: int, num_samples: int) -> Any:
-    """NSGA-II / TPE sized to the budget: their defaults (50 per generation, 10 startup
-    trials) would make a 12-trial search pure random sampling."""
-    import optuna
-
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            population_size=max(4, min(50, num_samples // 3)), seed=seed
-        )
-    if kind == "tpe":
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-            n_startup_trials=max(3, min(10, num_samples // 3)),
-            seed=seed,
-        )
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def optuna_storage(run_dir: Path) -> Any:
-    import optuna
-
-    return optuna.storages.RDBStorage(f"sqlite:///{run_dir / OPTUNA_DB}")
-
-
-def fail_stale_optuna_trials(run_dir: Path, study_name: str) -> int:
-    """After a restore, trials asked before the driver died stay RUNNING forever; fail them."""
-    import optuna
-
-    if not (run_dir / OPTUNA_DB).is_file():
-        return 0
-    storage = optuna_storage(run_dir)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return 0
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
-    for t in stale:
-        storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
-    return len(stale)
 
 
 # ------------------------------------------------------------------------------------------
@@ -604,16 +528,27 @@ def _tuner(
             tune_config=tune.TuneConfig(num_samples=1, **tune_config),
             run_config=run_config,
         )
-    from ray.tune.search.optuna import OptunaSearch
+    from ermgap_ray.search import (
+        ConstrainedOptunaSearch,
+        SearchSpace,
+        make_sampler,
+        optuna_storage,
+        parse_bounds,
+    )
 
     objectives = cfg.parsed_objectives()
-    search = OptunaSearch(
-        space=SearchSpace(cfg.trial, cfg.modalities),
+    space = SearchSpace(cfg.trial, cfg.modalities)
+    search = ConstrainedOptunaSearch(
+        space=space,
         metric=[m for m, _ in objectives],
         mode=[mode for _, mode in objectives],
-        sampler=make_sampler(cfg.sampler, cfg.sampler_seed, cfg.num_samples),
+        sampler=make_sampler(
+            cfg.sampler, cfg.sampler_seed, cfg.num_samples, concurrency, space.conditional
+        ),
         study_name=cfg.run_name,
         storage=optuna_storage(run_dir),
+        points_to_evaluate=space.warm_start_points(cfg.num_samples) if cfg.warm_start else None,
+        bounds=parse_bounds(cfg.constraints),
     )
     return tune.Tuner(
         wrapped,
@@ -724,6 +659,8 @@ def _run_locked(
                 write_manifest(run_dir, cfg.to_dict(), status="interrupted", **static)
                 raise SweepInterrupted.in_phase(phase, cfg, terminated=termination.received)
             if phase == "search":
+                from ermgap_ray.search import fail_stale_optuna_trials
+
                 stale = fail_stale_optuna_trials(run_dir, cfg.run_name)
                 if stale:
                     print(f"marked {stale} stale RUNNING Optuna trial(s) FAIL", flush=True)

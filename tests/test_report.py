@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ermgap_ray import report
 from ermgap_ray.data.schema import LANGUAGES, MODALITIES
 from ermgap_ray.metrics import shuffled_null_gap
 from ermgap_ray.pareto import (
@@ -262,6 +263,68 @@ def test_plot_pareto_zooms_past_zero_shot(smoke: pd.DataFrame) -> None:
     for ax in fig.axes:
         assert zero["utility"].max() < ax.get_ylim()[0] < lowest
         assert any(t.get_text().startswith("zero-shot, off scale") for t in ax.texts)
+
+
+def _infeasible_spans(ax: Any) -> list[Any]:
+    return [p for p in ax.patches if p.get_gid() == "infeasible"]
+
+
+def test_plot_pareto_shades_the_infeasible_side_of_the_bound(smoke: pd.DataFrame) -> None:
+    frame = pareto_frame(smoke)
+    plain = plot_pareto(frame)
+    assert not any(_infeasible_spans(ax) for ax in plain.axes)
+    assert not any("infeasible" in t.get_text() for t in plain.legends[0].get_texts())
+    unshaded = [ax.get_xlim() for ax in plain.axes]
+    fig = plot_pareto(frame, gap_bound=45)
+    for ax, xlim in zip(fig.axes, unshaded, strict=True):
+        (span,) = _infeasible_spans(ax)
+        assert span.get_x() == 45 and span.get_x() + span.get_width() == ax.get_xlim()[1]
+        assert ax.get_xlim() == pytest.approx(xlim), "shading never widens the axis"
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "infeasible (gap > 45 pts)" in labels and _png(fig).startswith(b"\x89PNG")
+    far = math.ceil(max(hi for _, hi in unshaded)) + 1
+    beyond = plot_pareto(frame, gap_bound=far)
+    assert not any(_infeasible_spans(ax) for ax in beyond.axes), "nothing right of the data"
+    assert f"infeasible (gap > {far} pts)" in [t.get_text() for t in beyond.legends[0].get_texts()]
+
+
+def _set_constraints(run: Path, constraints: list[str]) -> None:
+    sweep = json.loads((run / MANIFEST_FILE).read_text())
+    sweep["config"]["constraints"] = constraints
+    (run / MANIFEST_FILE).write_text(json.dumps(sweep))
+
+
+def test_write_reports_bounds_are_the_sweeps_constraints(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The starred point and the shading follow sweep.json's constraints (else the 2-point
+    default), as analysis/operating_point.py without flags; report.html's slider starts there."""
+    drawn: list[dict[str, Any]] = []
+    plot = report.plot_pareto
+    monkeypatch.setattr(report, "plot_pareto", lambda *a, **kw: drawn.append(kw) or plot(*a, **kw))
+    run = run_copy / "smoke"
+    df, _ = load_run(run)
+    bound = math.ceil(1000 * _feasible_bound(df)) / 1000  # a bound as a user writes it
+    constraint = f"dev/max_gap_wf1<={bound:g}"
+    _set_constraints(run, [constraint])
+    html = write_reports(run)["report_html"].read_text()
+    op = drawn[-1]["operating_point"]
+    assert op.constraints == [constraint] and drawn[-1]["gap_bound"] == 100 * bound
+    assert op.feasible and op.group_hash == select_operating_point(df, constraint).group_hash
+    assert f'id="bound-value" min="0" max="100" step="any" value="{100 * bound:g}"' in html
+    _set_constraints(run, [])
+    write_reports(run)
+    assert drawn[-1]["operating_point"].constraints == ["max_gap_wf1<=0.02"]
+    assert drawn[-1]["gap_bound"] == 2.0
+    write_reports(run, constraint="max_gap_wf1<=1")
+    assert drawn[-1]["gap_bound"] == 100 and drawn[-1]["operating_point"].feasible
+    find_spec = report.importlib.util.find_spec
+
+    def no_plotly(name: str, *args: Any) -> Any:
+        return None if name == "plotly" else find_spec(name, *args)
+
+    monkeypatch.setattr(report.importlib.util, "find_spec", no_plotly)
+    assert "report_html" not in write_reports(run), "without the [html] extra: no explorer"
 
 
 def test_hypervolume_over_the_sweeps_objectives() -> None:
@@ -520,13 +583,14 @@ def test_pareto_frame_null_band(run_copy: Path) -> None:
 
 
 def test_write_reports(run_copy: Path) -> None:
-    base = {"pareto_pdf", "pareto_png", "ablation_md", "ablation_tex"}
+    base = {"pareto_pdf", "pareto_png", "ablation_md", "ablation_tex", "report_html"}
     hv = {"hypervolume_pdf", "hypervolume_png"}
     for name in ("smoke", "objectives"):
         paths = write_reports(run_copy / name)
         assert set(paths) == base | hv, name
         assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
         assert paths["pareto_png"] == run_copy / name / "figures" / "pareto.png"
+        assert paths["report_html"] == run_copy / name / "report.html"
     # Without search trials there is no hypervolume to draw.
     run = run_copy / "smoke"
     df, _ = load_run(run)
@@ -577,6 +641,16 @@ def test_pareto_cli(run_copy: Path) -> None:
     assert "operating point: " in result.stdout and op.group_hash in result.stdout
     csv = pd.read_csv(run / "figures" / "pareto_dev_max_gap_wf1_by_language.csv")
     assert list(dict.fromkeys(csv["panel"])) == list(LANGUAGES)
+
+
+def test_pareto_cli_html(run_copy: Path) -> None:
+    run = run_copy / "smoke"
+    result = _cli("pareto.py", str(run), "--html", "--max-gap", "60")
+    assert result.returncode == 0, result.stderr
+    assert str(run / "report.html") in result.stdout.splitlines()
+    page = (run / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<script src=" not in page
+    assert len(page) > 1_000_000, "plotly.js is inlined: the file opens offline"
 
 
 def test_tables_cli(run_copy: Path) -> None:

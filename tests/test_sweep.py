@@ -23,8 +23,8 @@ from ermgap_ray.cluster import connect
 from ermgap_ray.config import ConfigError, TrialConfig
 from ermgap_ray.registry import PAPER_FAMILIES, SEARCH_SPACE
 from ermgap_ray.results import read_manifest, read_trials, split_trial_config
+from ermgap_ray.search import SearchSpace
 from ermgap_ray.sweep import (
-    SearchSpace,
     SweepConfig,
     executor_for,
     grid_trials,
