@@ -33,6 +33,8 @@ from ermgap_ray.fs import atomic_path, atomic_write
 TRIALS_FILE = "trials.parquet"
 MANIFEST_FILE = "sweep.json"
 OPTUNA_DB = "optuna.db"
+# The headline metrics of summaries, trackers' hparams and the console table.
+SUMMARY_METRICS = ("dev/wf1", "dev/max_gap_wf1", "test/wf1", "test/max_gap_wf1")
 METRIC_PREFIXES = ("dev/", "test/", "train/")
 METRIC_KEYS = ("lambda", "lambda_next", "time_epoch_s", "cpu_epoch_s")
 ROW_KEYS = (

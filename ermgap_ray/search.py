@@ -88,7 +88,9 @@ class SearchSpace:
             for group in self.groups(mode):
                 for name, spec in SEARCH_SPACE[group].items():
                     if name not in self.fixed:
-                        point[name] = _clip(values.get(name, getattr(defaults, name)), spec)
+                        point[name] = clip_into_range(
+                            values.get(name, getattr(defaults, name)), spec
+                        )
             modalities = self.modalities if "modality" not in self.fixed else [None]
             for modality in modalities:
                 extra = {"modality": modality} if len(self.modalities) > 1 and modality else {}
@@ -96,7 +98,7 @@ class SearchSpace:
         return points[:limit]
 
 
-def _clip(value: Any, spec: tuple[Any, ...]) -> Any:
+def clip_into_range(value: Any, spec: tuple[Any, ...]) -> Any:
     kind, *args = spec
     if kind == "choice":
         return value if value in args[0] else args[0][0]

@@ -46,6 +46,7 @@ from ermgap_ray.registry import (
 from ermgap_ray.results import (
     MANIFEST_FILE,
     OPTUNA_DB,
+    SUMMARY_METRICS,
     read_manifest,
     read_trials,
     split_trial_config,
@@ -601,6 +602,9 @@ def run_sweep(
         if cfg.resume:
             stored = read_manifest(cfg.run_dir).config
             cfg = resume_config(stored, cfg, explicit or set())
+        from ermgap_ray.tracking import require_trackers
+
+        require_trackers(cfg.trackers)
         return _run_locked(cfg, trainable, progress_interval_s, quiet)
 
 
@@ -695,9 +699,6 @@ def _write_reports(run_dir: Path) -> list[Path]:
         print(f"warning: report failed ({err.__class__.__name__}: {err})", flush=True)
         return []
     return [Path(p) for p in written.values()]
-
-
-SUMMARY_METRICS = ("dev/wf1", "dev/max_gap_wf1", "test/wf1", "test/max_gap_wf1")
 
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:

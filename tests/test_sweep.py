@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -220,13 +221,17 @@ def test_grid_sweep_writes_results_and_survives_a_failed_trial(cluster, tmp_path
 
 
 def test_search_sweep_writes_an_optuna_study(cluster, tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, "s", kind="search", num_samples=4, sampler="tpe")
+    """The paper grid's warm-start points are the first trials, and the rest are sampled."""
+    cfg = _cfg(tmp_path, "s", kind="search", num_samples=5, sampler="tpe")
     result = run_sweep(cfg, trainable=fake_trial, progress_interval_s=1)
-    assert result.n_terminated == 4
+    assert result.n_terminated == 5
     url = f"sqlite:///{result.run_dir / 'optuna.db'}"
     study = optuna.load_study(study_name="s", storage=url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 4
+    assert len(complete) == 5
+    points = SearchSpace(cfg.trial, cfg.modalities).warm_start_points(5)
+    assert len(points) == 4
+    assert [t.params for t in sorted(study.trials, key=lambda t: t.number)[:4]] == points
     final = read_trials(result.run_dir).query("is_final")
     assert sorted(round(t.values[0], 9) for t in complete) == sorted(
         round(v, 9) for v in final["dev/wf1"]
@@ -244,7 +249,8 @@ def _wait_for(predicate, timeout: float) -> None:
 
 
 def test_resume_after_driver_sigkill(cluster, tmp_path: Path) -> None:
-    """A driver killed mid-search resumes: every trial once, no duplicate rows or studies."""
+    """A driver killed mid-search (constrained, TPE) resumes: every trial once, no duplicate
+    rows or studies, the same sampler and the constraint on every trial, before and after."""
     script = f"""
 import sys
 from ray import cloudpickle
@@ -253,7 +259,8 @@ import test_sweep
 cloudpickle.register_pickle_by_value(test_sweep)
 from ermgap_ray.sweep import load_sweep_config, run_sweep
 cfg = load_sweep_config("smoke", {{"storage": {str(tmp_path)!r}, "name": "r", "kind": "search",
-    "num_samples": 6, "max_concurrent": 2, "cluster": {cluster.address!r}}}, ["epochs=4"])
+    "num_samples": 6, "max_concurrent": 2, "cluster": {cluster.address!r}, "sampler": "tpe",
+    "constraints": ["dev/max_gap_wf1<=0.03"]}}, ["epochs=4"])
 run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
 """
     env = {**os.environ, "FAKE_EPOCH_S": "0.7"}
@@ -284,6 +291,16 @@ run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 6 and "RUNNING" not in states
+    gaps = final.set_index("trial_id")["dev/max_gap_wf1"]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.constraints["dev/max_gap_wf1<=0.03"] for t in complete) == pytest.approx(
+        sorted(gaps - 0.03)
+    )
+    state = max((run_dir / "search").glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    searcher = pickle.loads(state.read_bytes())
+    assert isinstance(searcher["_sampler"], optuna.samplers.TPESampler)
+    assert [str(b) for b in searcher["bounds"]] == ["dev/max_gap_wf1<=0.03"]
+    assert read_manifest(run_dir).constraints == ["dev/max_gap_wf1<=0.03"]
     assert result.n_terminated == 6
     assert json.loads((run_dir / "sweep.json").read_text())["status"] == "finished"
 
