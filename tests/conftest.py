@@ -73,6 +73,36 @@ def train_worker_killer() -> type[TrainWorkerKiller]:
     return TrainWorkerKiller
 
 
+def sigkill_driver_mid_sweep(
+    script: str, run_dir: Path, finished: int = 2, env: dict | None = None, timeout: float = 120
+) -> None:
+    """Run a sweep driver (`python -c script`) and SIGKILL it once `finished` trials of
+    RUN_DIR/trials.parquet are TERMINATED: a driver dying mid-sweep, for `--resume` tests."""
+    import signal
+    import subprocess
+    import sys
+
+    from ermgap_ray.results import read_trials
+
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            df = read_trials(run_dir)
+            if df[df.status == "TERMINATED"].trial_id.nunique() >= finished:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"fewer than {finished} trials finished within {timeout:g} s")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def kill_driver_mid_sweep() -> Callable[..., None]:
+    return sigkill_driver_mid_sweep
+
+
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for process groups, dashboards and a

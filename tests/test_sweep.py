@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from ray import cloudpickle, tune
 
 from ermgap_ray.cluster import connect
 from ermgap_ray.config import ConfigError, TrialConfig
+from ermgap_ray.deploy import resolve_bounds
 from ermgap_ray.registry import PAPER_FAMILIES, SEARCH_SPACE
 from ermgap_ray.results import read_manifest, read_trials, split_trial_config
 from ermgap_ray.search import SearchSpace
@@ -239,16 +239,7 @@ def test_search_sweep_writes_an_optuna_study(cluster, tmp_path: Path) -> None:
     assert set(final.family) == {"search"} and set(final.epochs) == {1}
 
 
-def _wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("timed out")
-
-
-def test_resume_after_driver_sigkill(cluster, tmp_path: Path) -> None:
+def test_resume_after_driver_sigkill(cluster, tmp_path: Path, kill_driver_mid_sweep) -> None:
     """A driver killed mid-search (constrained, TPE) resumes: every trial once, no duplicate
     rows or studies, the same sampler and the constraint on every trial, before and after."""
     script = f"""
@@ -264,18 +255,8 @@ cfg = load_sweep_config("smoke", {{"storage": {str(tmp_path)!r}, "name": "r", "k
 run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
 """
     env = {**os.environ, "FAKE_EPOCH_S": "0.7"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
     run_dir = tmp_path / "r"
-
-    def two_done() -> bool:
-        df = read_trials(run_dir)
-        return df[df.status == "TERMINATED"].trial_id.nunique() >= 2
-
-    try:
-        _wait_for(two_done, timeout=120)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_driver_mid_sweep(script, run_dir, env=env)
     before = read_trials(run_dir)
     assert before[before.status == "TERMINATED"].trial_id.nunique() < 6
 
@@ -475,20 +456,32 @@ def test_smoke_preset_through_the_cli(tmp_path: Path) -> None:
     if ray.is_initialized():
         ray.shutdown()
     cmd = [sys.executable, "sweeps/ablation.py", "--preset", "smoke", "--cluster", "local"]
-    cmd += ["--storage", str(tmp_path)]
+    cmd += ["--storage", str(tmp_path), "--num-samples", "4", "--sampler", "tpe"]
+    cmd += ["--constraint", "dev/max_gap_wf1<=0.3"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = tmp_path / "smoke"
     final = read_trials(run_dir).query("is_final")
-    assert len(final) == 6 and set(final.status) == {"TERMINATED"}
+    assert len(final) == 8 and set(final.status) == {"TERMINATED"}
     families = ["adaptive-p2", "erm", "fixed-p2", "search", "zero-shot"]
     assert sorted(final.family.unique()) == families
     assert final["test/wf1"].between(0, 1).all()
     assert final.predictions_path.map(os.path.isfile).all()
+    # The 4-trial constrained search: warm-started from the paper grid, every trial told its
+    # constraint value, and the operating point defaults to the sweep's bound.
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert "trials: 6 finished, 0 failed" in done.stdout
-    for report in ("figures/pareto.png", "tables/ablation.md", "figures/hypervolume.png"):
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert [t.params for t in trials] == SearchSpace(
+        {"epochs": 1, "bootstrap": 100}, ["audio"]
+    ).warm_start_points(4)
+    gaps = sorted(final.query("family == 'search'")["dev/max_gap_wf1"] - 0.3)
+    assert sorted(t.constraints["dev/max_gap_wf1<=0.3"] for t in trials) == pytest.approx(gaps)
+    assert "trials: 8 finished, 0 failed" in done.stdout
+    reports = ("figures/pareto.png", "tables/ablation.md", "figures/hypervolume.png", "report.html")
+    for report in reports:
         assert (run_dir / report).stat().st_size > 0, report
-    assert read_manifest(run_dir).status == "finished"
+    manifest = read_manifest(run_dir)
+    assert manifest.status == "finished" and manifest.constraints == ["dev/max_gap_wf1<=0.3"]
+    assert resolve_bounds(run_dir).constraints == ["dev/max_gap_wf1<=0.3"]

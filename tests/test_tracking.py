@@ -9,7 +9,6 @@ runs the smoke preset with the real trainer.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -203,16 +202,9 @@ def test_smoke_sweep_logs_every_trial_to_both_trackers(cluster, tmp_path: Path) 
     )
 
 
-def _wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("timed out")
-
-
-def test_resumed_sweep_neither_duplicates_nor_drops_runs(cluster, tmp_path: Path) -> None:
+def test_resumed_sweep_neither_duplicates_nor_drops_runs(
+    cluster, tmp_path: Path, kill_driver_mid_sweep
+) -> None:
     """SIGKILL the driver mid-grid, then --resume: the trials finished before keep their one
     run, the interrupted ones continue theirs, the rest get one each; no step twice."""
     smoke = load_sweep_config("smoke")
@@ -231,18 +223,8 @@ cfg = load_sweep_config("smoke", {{"storage": {str(tmp_path)!r}, "name": "rs",
     "max_concurrent": 2, "cluster": {cluster.address!r}, "trackers": {BOTH!r}}}, ["epochs=4"])
 run_sweep(cfg, trainable=test_tracking.tracked_trial, progress_interval_s=1)
 """
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     run_dir = tmp_path / "rs"
-
-    def two_done() -> bool:
-        df = read_trials(run_dir)
-        return df[df.status == "TERMINATED"].trial_id.nunique() >= 2
-
-    try:
-        _wait_for(two_done, timeout=120)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_driver_mid_sweep(script, run_dir)
     before = {r.data.tags["trial_id"]: r for r in _runs(run_dir)}
     finished = {t: r.info.run_id for t, r in before.items() if r.info.status == "FINISHED"}
     assert finished and 2 <= len(before) < total
