@@ -535,21 +535,29 @@ def _tuner(
         make_sampler,
         optuna_storage,
         parse_bounds,
+        resolve_sampler,
     )
 
     objectives = cfg.parsed_objectives()
     space = SearchSpace(cfg.trial, cfg.modalities)
+    sampler = resolve_sampler(cfg.sampler, cfg.num_samples, space.conditional)
+    points = space.warm_start_points(cfg.num_samples) if cfg.warm_start else []
+    bounds = parse_bounds(cfg.constraints)
+    print(
+        f"search: {sampler} sampler{' (auto)' if cfg.sampler == 'auto' else ''}, "
+        f"{cfg.num_samples} trials, {len(points)} warm-start point(s) from the paper grid, "
+        f"constraints: {', '.join(map(str, bounds)) or 'none'}",
+        flush=True,
+    )
     search = ConstrainedOptunaSearch(
         space=space,
         metric=[m for m, _ in objectives],
         mode=[mode for _, mode in objectives],
-        sampler=make_sampler(
-            cfg.sampler, cfg.sampler_seed, cfg.num_samples, concurrency, space.conditional
-        ),
+        sampler=make_sampler(sampler, cfg.sampler_seed, cfg.num_samples, concurrency),
         study_name=cfg.run_name,
         storage=optuna_storage(run_dir),
-        points_to_evaluate=space.warm_start_points(cfg.num_samples) if cfg.warm_start else None,
-        bounds=parse_bounds(cfg.constraints),
+        points_to_evaluate=points or None,
+        bounds=bounds,
     )
     return tune.Tuner(
         wrapped,
