@@ -211,12 +211,11 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if (
-            ot_trial is not None
-            and result
-            and self.bounds
-            and trial_id not in self._completed_trials
-        ):
+        # A trial told before a driver crash is completed again after `--resume`; its
+        # constraint values are in the study already.
+        if ot_trial is None or not (result and self.bounds):
+            return super().on_trial_complete(trial_id, result, error)
+        if trial_id not in self._completed_trials and not ot_trial.constraints:
             set_constraints(ot_trial, self.bounds, result)
         super().on_trial_complete(trial_id, result, error)
 

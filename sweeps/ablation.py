@@ -90,27 +90,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sampler",
         choices=SAMPLERS,
-        help="Search: Optuna sampler; auto picks by budget (see 'samplers' below; preset: auto).",
+        help="Search: Optuna sampler; auto picks by budget: < 12 trials random, a conditional "
+        "space TPE, else GP up to 200 trials, then TPE (preset: auto).",
     )
     p.add_argument(
         "--constraint",
         action="append",
         metavar="METRIC<=VALUE",
         help="Search: a bound the sampler steers toward and the operating point defaults to, in "
-        "the metric's units (fractions), repeatable, e.g. dev/max_gap_wf1<=0.05.",
+        "the metric's units (fractions), repeatable, e.g. dev/max_gap_wf1<=0.05 (preset: none).",
     )
     p.add_argument(
         "--no-warm-start",
         dest="warm_start",
         action="store_false",
         default=None,
-        help="Search: do not evaluate the paper grid's configurations first.",
+        help="Search: do not evaluate the paper grid's configurations first (preset: they are "
+        "evaluated first).",
     )
     p.add_argument(
         "--tracker",
         action="append",
         choices=TRACKERS,
-        help="Log trials to TensorBoard and/or MLflow, repeatable (needs the [tracking] extra).",
+        help="Log trials to TensorBoard and/or MLflow, repeatable (needs the [tracking] extra; "
+        "preset: none).",
     )
     p.add_argument(
         "--seeds", type=int, help="Grid: seeds per family and modality (preset: paper 5, smoke 1)."
