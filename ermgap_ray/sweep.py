@@ -107,7 +107,7 @@ class SweepConfig:
     sampler: Literal["auto", "gp", "tpe", "nsga2", "random"] = _knob(
         "auto",
         "Search: gp (Gaussian process, logEHVI), tpe (multivariate, grouped), nsga2 (NSGA-II), "
-        "random (baseline); auto picks by budget (see make_sampler).",
+        "random (baseline); auto picks by budget and space (search.resolve_sampler).",
     )
     constraints: list[str] = _knob(
         [],
