@@ -333,11 +333,20 @@ class OperatingPoint:
                 return {k: clean(x) for k, x in v.items()}
             if isinstance(v, list):
                 return [clean(x) for x in v]
-            if isinstance(v, np.generic):
-                v = v.item()
-            return None if isinstance(v, float) and math.isnan(v) else v
+            return json_scalar(v)
 
         return clean(asdict(self))
+
+
+def json_scalar(value: Any) -> Any:
+    """A pandas / numpy scalar as JSON: numpy types become Python ones, NaN and NA None."""
+    import pandas as pd
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
 
 
 def seed_rule(ci: float = 0.95) -> str:

@@ -31,6 +31,7 @@ from ermgap_ray.pareto import (
     aggregate_seeds,
     final_rows,
     hypervolume,
+    json_scalar,
     metric_column,
     pareto_mask,
     parse_constraint,
@@ -978,17 +979,8 @@ def write_reports(
     return out
 
 
-def _plain(value: Any) -> Any:
-    """A pandas / numpy scalar as JSON: NaN and NA become None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value
-
-
 def _pp(value: Any) -> float | None:
-    value = _plain(value)
+    value = json_scalar(value)
     return None if value is None else 100 * float(value)
 
 
@@ -1030,14 +1022,14 @@ def explorer_data(df: pd.DataFrame, run_dir: str | Path, ci: float = 0.95) -> di
         for row in frame[frame["kind"] != "null"].to_dict("records"):
             gh, is_trial = row["group_hash"], row["kind"] == "trial"
             src = trials.loc[row["trial_id"]] if is_trial else lang_agg.loc[gh]
-            point = {k: _plain(v) for k, v in row.items() if k not in _METRIC_NAMES}
+            point = {k: json_scalar(v) for k, v in row.items() if k not in _METRIC_NAMES}
             point |= {
                 "split": split,
                 "n": int(row["n"]),
                 "label": FAMILY_LABELS.get(row["family"], row["family"]),
                 "variant": variants.get(gh, ""),
                 "reference": gh in refs,
-                "config": {k: _plain(firsts.at[gh, k]) for k in _HOVER_KNOBS if k in firsts},
+                "config": {k: json_scalar(firsts.at[gh, k]) for k in _HOVER_KNOBS if k in firsts},
                 "languages": {
                     lang: {
                         name: _language_cell(src, col, is_trial) if col else None
@@ -1047,7 +1039,7 @@ def explorer_data(df: pd.DataFrame, run_dir: str | Path, ci: float = 0.95) -> di
                 },
             }
             if is_trial:
-                point["seed"] = _plain(src.get("seed"))
+                point["seed"] = json_scalar(src.get("seed"))
                 for name, col in (("utility", u_col), ("gap", g_col)):
                     point[f"{name}_lo"] = _pp(src.get(f"{col}_lo"))
                     point[f"{name}_hi"] = _pp(src.get(f"{col}_hi"))
@@ -1210,7 +1202,7 @@ def _explorer_ablation(df: pd.DataFrame, run: Path, gap: str, ci: float) -> dict
 def _table_cell(text: str, key: Any) -> dict[str, Any]:
     """A Markdown cell (`**best**` in bold) as text, a bold flag and its sort key."""
     bold = text.startswith("**") and text.endswith("**")
-    return {"text": text[2:-2] if bold else text, "bold": bold, "sort": _plain(key)}
+    return {"text": text[2:-2] if bold else text, "bold": bold, "sort": json_scalar(key)}
 
 
 def write_explorer(

@@ -37,6 +37,18 @@ OPTUNA_DB = "optuna.db"
 SUMMARY_METRICS = ("dev/wf1", "dev/max_gap_wf1", "test/wf1", "test/max_gap_wf1")
 METRIC_PREFIXES = ("dev/", "test/", "train/")
 METRIC_KEYS = ("lambda", "lambda_next", "time_epoch_s", "cpu_epoch_s")
+
+
+def is_metric_key(key: str) -> bool:
+    """A result key that is a metric column of trials.parquet (and a tracked metric)."""
+    return key.startswith(METRIC_PREFIXES) or key in METRIC_KEYS
+
+
+def result_epoch(result: Any) -> int:
+    """A Tune result's epoch: the row key of trials.parquet and the trackers' step."""
+    return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
 ROW_KEYS = (
     "trial_id",
     "config_hash",

@@ -14,13 +14,13 @@ import pandas as pd
 from ray.tune import Callback
 
 from ermgap_ray.results import (
-    METRIC_KEYS,
-    METRIC_PREFIXES,
     TRIALS_FILE,
     error_summary,
     group_hash,
+    is_metric_key,
     read_trial_error,
     read_trials,
+    result_epoch,
     split_trial_config,
     write_trials,
 )
@@ -102,7 +102,7 @@ class ResultsWriter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
         row = self._base(trial)
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        epoch = result_epoch(result)
         row |= {
             "status": "RUNNING",
             "error": None,
@@ -111,7 +111,7 @@ class ResultsWriter(Callback):
             "time_total_s": result.get("time_total_s"),
         }
         for key, value in result.items():
-            if key.startswith(METRIC_PREFIXES) or key in METRIC_KEYS:
+            if is_metric_key(key):
                 row[key] = value
             elif key in _ARTEFACT_KEYS and value is not None:
                 row[key] = value

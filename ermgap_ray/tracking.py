@@ -48,11 +48,11 @@ from ermgap_ray.fs import atomic_write
 from ermgap_ray.registry import TRACKERS
 from ermgap_ray.results import (
     MANIFEST_FILE,
-    METRIC_KEYS,
-    METRIC_PREFIXES,
     SUMMARY_METRICS,
     error_summary,
+    is_metric_key,
     read_trial_error,
+    result_epoch,
     split_trial_config,
 )
 
@@ -129,16 +129,11 @@ def tracker_callbacks(trackers: list[str], run_dir: Path) -> list[Any]:
 # ------------------------------------------------------------------------------------------
 
 
-def result_epoch(result: Mapping[str, Any]) -> int:
-    """The step: the trial's epoch, as ResultsWriter keys its rows."""
-    return int(result.get("epoch", result.get("training_iteration", 0)))
-
-
 def tracked_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The finite numeric metrics of a result, named as in trials.parquet."""
     out = {}
     for key, value in result.items():
-        if not (key.startswith(METRIC_PREFIXES) or key in METRIC_KEYS):
+        if not is_metric_key(key):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             try:  # numpy scalars
