@@ -234,8 +234,9 @@ def connect(
         address = _local_head_address()
         started = address is None
     if started:
+        # A head started by this process shares its auth mode, so its actors always run.
         dashboard_url = _start_local(num_cpus, dashboard, log_to_driver)
     else:
         dashboard_url = _join(address, log_to_driver)
-    _check_runs_actors("the new local cluster" if started else f"the cluster at {address}")
+        _check_runs_actors(f"the cluster at {address}")
     return _info(started, dashboard_url)

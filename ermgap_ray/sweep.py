@@ -58,6 +58,10 @@ NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 KINDS = ("grid", "search", "both")
 EXECUTORS = ("auto", "tune", "train")
 LOCK_FILE = "driver.lock"
+# Tune's default ("auto") saves the experiment state at most every 10 s, so a driver killed in
+# that window restores without the trials it started since, and reruns them under new ids
+# (the same grid config twice in trials.parquet, an extra search trial). 0 = after every step.
+EXPERIMENT_CHECKPOINT_S = "0"
 # On --resume these come from the command line; everything else is what sweep.json ran.
 # Tuner.restore keeps the experiment's own TuneConfig and RunConfig, so only these can differ.
 RUNTIME_KNOBS = ("cluster", "storage", "resume")
@@ -92,10 +96,10 @@ class SweepConfig:
         "more than one worker or any GPU, else tune.",
     )
     reuse_actors: bool = _knob(
-        False,
-        "Tune reuses a finished trial's process for the next one, skipping the import of torch, "
-        "transformers and peft. Experimental in Ray for function trainables; off by default "
-        "because a driver-SIGKILL + --resume test ran one search trial twice with it on.",
+        True,
+        "Tune reuses a finished trial's process for the next one, so torch, transformers, peft "
+        "and the backbone load once per slot, not once per trial (experimental in Ray for "
+        "function trainables; every fault test runs with it on).",
     )
     max_concurrent: int | None = _knob(
         None, "Trials at once; default: the cluster's CPUs (or GPUs) / resources per trial."
@@ -630,6 +634,7 @@ def _run_locked(
     from ermgap_ray.tracking import log_sweep_artifacts, tracker_callbacks
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_CHECKPOINT_S)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if quiet:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)

@@ -153,3 +153,19 @@ def test_cli_prints_one_json_line_and_rejects_bad_config(cfg, tmp_path, capsys):
     assert main([*args, "--set", "p=3"]) == 2
     assert "config field 'p'" in capsys.readouterr().err
     assert main(args) == 2  # the run dir exists and --resume was not given
+
+
+def test_a_reused_trial_process_prepares_its_inputs_once(monkeypatch, cfg):
+    """Tune's reuse_actors hands one process many trials: the corpus and encoder cache are
+    opened once per input spec, and again only when a trial asks for other inputs."""
+    from ermgap_ray.train import recipe
+
+    opened = []
+    monkeypatch.setattr(recipe, "_WORKER_INPUTS", {})
+    monkeypatch.setattr(
+        recipe, "prepare_trial_inputs", lambda c, **kw: opened.append(c.modality) or object()
+    )
+    first = recipe.worker_inputs(cfg)
+    assert recipe.worker_inputs(cfg.replace(seed=3, objective="erm")) is first
+    assert recipe.worker_inputs(cfg.replace(modality="audio+text")) is not first
+    assert opened == ["audio", "audio+text"]

@@ -45,10 +45,9 @@ def _synthetic_default(root: Path | None, bias: str, seed: int) -> Path:
     The generator is imported here, not at module level, so that `python -m
     ermgap_ray.data.synthetic` does not find its own module already imported via the package.
     """
-    from ermgap_ray.data.synthetic import SYNTHETIC_VERSION, make_corpus
+    from ermgap_ray.data.synthetic import make_corpus, twin_folder_name
 
-    name = f"synthetic-{SYNTHETIC_VERSION}-{bias}-seed{seed}"
-    target = (root or cache_root()) / "data" / name
+    target = (root or cache_root()) / "data" / twin_folder_name(bias, seed)
     if not (target / MANIFEST).exists():
         with atomic_dir(target) as tmp:
             make_corpus(tmp, seed=seed, bias=bias)

@@ -28,6 +28,7 @@ Output is a function of (version, seed, arguments): the same seed gives the same
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -46,6 +47,9 @@ from ermgap_ray.data.validate import data_summary
 from ermgap_ray.fs import atomic_write
 
 SYNTHETIC_VERSION = "v3"
+# The cached twin's folder also names this file's hash: a generator edited without a version
+# bump (its sizes, cues or presets) must never reuse a corpus an older generator wrote.
+GENERATOR_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
 BIASES: tuple[str, ...] = ("spurious", "underrep", "none")
 DEFAULT_BIAS = "spurious"
 # Default sizes: 210 train clips per (language, gender) (30 per emotion; the spurious weak group
@@ -540,3 +544,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def twin_folder_name(bias: str, seed: int) -> str:
+    """`synthetic-<version>-<generator hash>-<bias>-seed<seed>`: one folder per corpus."""
+    return f"synthetic-{SYNTHETIC_VERSION}-{GENERATOR_HASH}-{bias}-seed{seed}"

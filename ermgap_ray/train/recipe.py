@@ -81,6 +81,20 @@ def prepare_trial_inputs(
     return TrialInputs(records, fingerprint, backbone_dir, cache)
 
 
+_WORKER_INPUTS: dict[tuple[Any, ...], TrialInputs] = {}
+
+
+def worker_inputs(cfg: TrialConfig) -> TrialInputs:
+    """`prepare_trial_inputs` once per process and input spec: a reused trial process (Tune's
+    `reuse_actors`) re-opens the corpus and cache only when a trial asks for other inputs. The
+    driver validated the files before the sweep started."""
+    key = (cfg.data, cfg.twin_bias, cfg.twin_seed, cfg.backbone, cfg.use_cache, cfg.modality)
+    if key not in _WORKER_INPUTS:
+        _WORKER_INPUTS.clear()
+        _WORKER_INPUTS[key] = prepare_trial_inputs(cfg, progress=False, check_audio=False)
+    return _WORKER_INPUTS[key]
+
+
 def epoch_seed(cfg: TrialConfig, epoch: int) -> int:
     """Per-epoch reseeding makes a resumed run bitwise-identical to an uninterrupted one."""
     return cfg.seed * 100_003 + epoch
@@ -184,7 +198,7 @@ class Recipe:
         self.device = device()
         self.rank, self.world = self.session.rank, self.session.world_size
         self.engine_kind = resolve_engine(self.engine_kind, self.world, self.device)
-        inputs = self.inputs or prepare_trial_inputs(cfg, progress=False, check_audio=False)
+        inputs = self.inputs or worker_inputs(cfg)
         cache = inputs.cache if cfg.use_cache else None
         self.model = SERModel.from_backbone(
             inputs.backbone_dir,

@@ -11,7 +11,6 @@ from ermgap_ray.data import io
 from ermgap_ray.data.io import resolve_data
 from ermgap_ray.data.manifest import read_manifest, write_manifest
 from ermgap_ray.data.schema import COLUMNS, SAMPLE_RATE
-from ermgap_ray.data.synthetic import SYNTHETIC_VERSION
 from ermgap_ray.data.validate import DataValidationError, LongClipWarning
 
 
@@ -122,7 +121,7 @@ def test_default_twin_is_generated_once_and_atomically(
         t.start()
     for t in threads:
         t.join()
-    target = tmp_path / "cache" / "data" / f"synthetic-{SYNTHETIC_VERSION}-spurious-seed0"
+    target = tmp_path / "cache" / "data" / synthetic.twin_folder_name("spurious", 0)
     assert (target / "manifest.csv").is_file()
     assert len(results) == 2 and results[0][1] == results[1][1]
     assert all(not c.exists() for c in calls)
@@ -173,7 +172,7 @@ def test_twin_knobs_pick_the_mechanism_and_seed(
     )
     monkeypatch.setenv("ERMGAP_CACHE", str(tmp_path / "cache"))
     df, fp = resolve_data(None, twin_bias="none", twin_seed=3)
-    target = tmp_path / "cache" / "data" / f"synthetic-{SYNTHETIC_VERSION}-none-seed3"
+    target = tmp_path / "cache" / "data" / synthetic.twin_folder_name("none", 3)
     truth = json.loads((target / synthetic.GROUND_TRUTH).read_text())
     assert truth["bias"] == "none" and truth["seed"] == 3
     assert df["audio"].str.startswith(str(target)).all()
