@@ -58,10 +58,6 @@ NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 KINDS = ("grid", "search", "both")
 EXECUTORS = ("auto", "tune", "train")
 LOCK_FILE = "driver.lock"
-# Tune's default ("auto") saves the experiment state at most every 10 s, so a driver killed in
-# that window restores without the trials it started since, and reruns them under new ids
-# (the same grid config twice in trials.parquet, an extra search trial). 0 = after every step.
-EXPERIMENT_CHECKPOINT_S = "0"
 # On --resume these come from the command line; everything else is what sweep.json ran.
 # Tuner.restore keeps the experiment's own TuneConfig and RunConfig, so only these can differ.
 RUNTIME_KNOBS = ("cluster", "storage", "resume")
@@ -634,7 +630,6 @@ def _run_locked(
     from ermgap_ray.tracking import log_sweep_artifacts, tracker_callbacks
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_CHECKPOINT_S)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if quiet:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)

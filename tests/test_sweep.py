@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import ray
@@ -266,17 +267,20 @@ run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
     assert not df.duplicated(["trial_id", "epoch"]).any()
     final = df[df.is_final]
     assert len(final) == 6 and final.trial_id.nunique() == 6 and set(final.status) == {"TERMINATED"}
-    assert set(final.epoch) == {4}
+    assert set(final.epoch) == {4} and set(df.trial_id) == set(final.trial_id)
+    # Trials the killed driver started after Tune's last experiment snapshot are unknown to the
+    # restored run: their rows are dropped, and the searcher was asked again in their place.
+    orphans = set(before.trial_id) - set(df.trial_id)
     done_before = set(before[before.status == "TERMINATED"].trial_id)
-    assert done_before <= set(final.trial_id)
+    assert done_before - orphans <= set(final.trial_id)
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{run_dir / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 6 and "RUNNING" not in states
+    assert states.count("COMPLETE") == 6 + len(done_before & orphans) and "RUNNING" not in states
     gaps = final.set_index("trial_id")["dev/max_gap_wf1"]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert sorted(t.constraints["dev/max_gap_wf1<=0.03"] for t in complete) == pytest.approx(
-        sorted(gaps - 0.03)
-    )
+    assert all("dev/max_gap_wf1<=0.03" in t.constraints for t in complete)
+    told = sorted(t.constraints["dev/max_gap_wf1<=0.03"] for t in complete)
+    assert set(np.round(gaps - 0.03, 9)) <= set(np.round(told, 9))
     state = max((run_dir / "search").glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
     searcher = pickle.loads(state.read_bytes())
     assert isinstance(searcher["_sampler"], optuna.samplers.TPESampler)
