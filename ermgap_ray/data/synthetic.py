@@ -526,6 +526,11 @@ def ground_truth(
     }
 
 
+def twin_folder_name(bias: str, seed: int) -> str:
+    """`synthetic-<version>-<generator hash>-<bias>-seed<seed>`: one folder per corpus."""
+    return f"synthetic-{SYNTHETIC_VERSION}-{GENERATOR_HASH}-{bias}-seed{seed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="Directory to write into.")
@@ -544,8 +549,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def twin_folder_name(bias: str, seed: int) -> str:
-    """`synthetic-<version>-<generator hash>-<bias>-seed<seed>`: one folder per corpus."""
-    return f"synthetic-{SYNTHETIC_VERSION}-{GENERATOR_HASH}-{bias}-seed{seed}"
