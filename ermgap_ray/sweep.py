@@ -391,13 +391,12 @@ def _default_concurrency(cfg: SweepConfig) -> int:
 
 def _prepare_inputs(configs: list[TrialConfig]) -> dict[str, Any]:
     """Validate data + backbone and build the encoder cache once, before any trial starts."""
-    from ermgap_ray.train.recipe import prepare_trial_inputs
+    from ermgap_ray.train.recipe import inputs_key, prepare_trial_inputs
 
     static: dict[str, Any] = {}
     seen = set()
     for trial in configs:
-        key = (trial.data, trial.twin_bias, trial.twin_seed, trial.backbone, trial.use_cache)
-        key += (trial.modality,)
+        key = inputs_key(trial)
         if key in seen:
             continue
         seen.add(key)

@@ -81,6 +81,11 @@ def prepare_trial_inputs(
     return TrialInputs(records, fingerprint, backbone_dir, cache)
 
 
+def inputs_key(cfg: TrialConfig) -> tuple[Any, ...]:
+    """The knobs `prepare_trial_inputs` depends on: trials equal here share their inputs."""
+    return (cfg.data, cfg.twin_bias, cfg.twin_seed, cfg.backbone, cfg.use_cache, cfg.modality)
+
+
 _WORKER_INPUTS: dict[tuple[Any, ...], TrialInputs] = {}
 
 
@@ -88,7 +93,7 @@ def worker_inputs(cfg: TrialConfig) -> TrialInputs:
     """`prepare_trial_inputs` once per process and input spec: a reused trial process (Tune's
     `reuse_actors`) re-opens the corpus and cache only when a trial asks for other inputs. The
     driver validated the files before the sweep started."""
-    key = (cfg.data, cfg.twin_bias, cfg.twin_seed, cfg.backbone, cfg.use_cache, cfg.modality)
+    key = inputs_key(cfg)
     if key not in _WORKER_INPUTS:
         _WORKER_INPUTS.clear()
         _WORKER_INPUTS[key] = prepare_trial_inputs(cfg, progress=False, check_audio=False)
