@@ -25,6 +25,7 @@ OBJECTIVES = ("erm", "minmaxgap", "meangap", "groupdro")
 LAMBDA_MODES = ("fixed", "adaptive")
 DEV_GAP_METRICS = ("loss", *GAP_KINDS)
 ENGINES = ("auto", "torch", "deepspeed")
+DEV_EVALS = ("auto", "every-epoch", "last-epoch")
 TWIN_BIASES = ("spurious", "underrep", "none")
 
 
@@ -61,6 +62,12 @@ class TrialConfig:
         "loss",
         "Dev gap that drives adaptive lambda: loss (max-language loss gap) or a metric gap "
         "(wf1, acc, tpr, fpr, avg).",
+    )
+    dev_eval: Literal["auto", "every-epoch", "last-epoch"] = _knob(
+        "auto",
+        "When the dev split is scored: every-epoch, last-epoch, or auto (every epoch when adaptive "
+        "lambda reads the dev gap, else the last epoch only: no other trial reads dev while it "
+        "trains, so earlier scores would change nothing but the log).",
     )
     groupdro_eta: float = _knob(0.05, "Exponentiated-gradient step of Group DRO's group weights.")
     modality: Literal["audio", "audio+text"] = _knob(
@@ -117,11 +124,19 @@ class TrialConfig:
             raise bad("lambda_mode", f"must be one of {', '.join(LAMBDA_MODES)}")
         if self.modality not in MODALITIES:
             raise bad("modality", f"must be one of {', '.join(MODALITIES)}")
+        if self.dev_eval not in DEV_EVALS:
+            raise bad("dev_eval", f"must be one of {', '.join(DEV_EVALS)}")
         if self.dev_gap_metric not in DEV_GAP_METRICS:
             raise bad("dev_gap_metric", f"must be one of {', '.join(DEV_GAP_METRICS)}")
         for name in ("lam", "eta", "epsilon", "lam_max", "groupdro_eta", "weight_decay"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
+        if (
+            self.dev_eval == "last-epoch"
+            and self.lambda_mode == "adaptive"
+            and self.objective in ("minmaxgap", "meangap")
+        ):
+            raise bad("dev_eval", "adaptive lambda takes its dual step on every epoch's dev gap")
         if self.lambda_mode == "adaptive" and self.lam_max < self.lam:
             raise bad("lam_max", f"must be >= lam ({self.lam})")
         if self.lr <= 0:

@@ -460,6 +460,11 @@ class SERDataset(Dataset):
             for n, s in zip(lengths, suffixes, strict=True)
         ]
 
+    @property
+    def prompt_lengths(self) -> np.ndarray:
+        """Tokens per prompt, audio placeholders included: what a batch of the row pads to."""
+        return np.array([len(ids) for ids in self.input_ids], dtype=np.int64)
+
     def __len__(self) -> int:
         return len(self.records)
 

@@ -64,7 +64,13 @@ class SearchSpace:
         mode = self.fixed.get("lambda_mode") or trial.params["lambda_mode"]
         for group in self.groups(mode)[1:]:
             draw(group)
-        constants = {"family": SEARCH_FAMILY, "objective": "minmaxgap", **self.fixed}
+        # Tune checks every report for the searcher's (dev) metrics, so each epoch scores dev.
+        constants = {
+            "family": SEARCH_FAMILY,
+            "objective": "minmaxgap",
+            "dev_eval": "every-epoch",
+            **self.fixed,
+        }
         if "modality" not in self.fixed:
             if len(self.modalities) > 1:
                 trial.suggest_categorical("modality", self.modalities)

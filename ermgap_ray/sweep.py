@@ -235,7 +235,11 @@ def load_sweep_config(
 
 
 def grid_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
-    """The ablation as explicit per-trial dicts: family × modality × seed (each validated)."""
+    """The ablation as explicit per-trial dicts: family × modality × seed (each validated).
+
+    Trials that train come first: the few-second untrained references then fill the last free
+    slots, where a long trial would leave the other slot idle until it ends.
+    """
     out = []
     for family in cfg.families:
         for modality in cfg.modalities:
@@ -243,7 +247,7 @@ def grid_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
                 values = {**cfg.trial, **PAPER_FAMILIES[family], "modality": modality, "seed": seed}
                 TrialConfig.from_dict(values)
                 out.append({"family": family, **values})
-    return out
+    return sorted(out, key=lambda t: t.get("epochs") == 0)
 
 
 # ------------------------------------------------------------------------------------------

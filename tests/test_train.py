@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 
 from ermgap_ray.config import TrialConfig
 from ermgap_ray.data.manifest import read_manifest, write_manifest
+from ermgap_ray.errors import ConfigError
 from ermgap_ray.train import LocalSession, NonFiniteLossError, Recipe, run_local
 from ermgap_ray.train.cli import main
 
@@ -85,6 +86,28 @@ def test_adaptive_lambda_follows_the_dev_gap(cfg, tmp_path):
     # λ after the last update is logged too, from the same rule.
     expected = min(max(final["lambda"] + 3.0 * final["dev/loss_gap"], 0.0), 0.9)
     assert final["lambda_next"] == pytest.approx(expected)
+
+
+def test_dev_is_scored_after_every_epoch_only_where_training_reads_it(cfg, tmp_path):
+    erm = cfg.replace(objective="erm", lambda_mode="fixed", lam=0.0, epochs=3)
+    runs = {}
+    for mode in ("auto", "every-epoch"):
+        session = LocalSession(tmp_path / mode, keep=1)
+        Recipe(erm.replace(dev_eval=mode), session, verbose=False).run()
+        runs[mode] = session.reports
+    assert ["dev/wf1" in r for r in runs["auto"]] == [False, False, True]
+    assert all("dev/wf1" in r for r in runs["every-epoch"])
+    assert [r["lambda_next"] for r in runs["auto"]] == [0.0] * 3
+    # Skipping the earlier dev passes changes no score: training never reads them.
+    final, reference = runs["auto"][-1], runs["every-epoch"][-1]
+    scores = [k for k in reference if k.startswith(("dev/", "test/", "train/"))]
+    assert scores and all(final[k] == reference[k] for k in scores)
+
+    session = LocalSession(tmp_path / "adaptive", keep=1)
+    Recipe(cfg, session, verbose=False).run()  # cfg: adaptive λ, dev_eval=auto
+    assert all("dev/loss_gap" in r for r in session.reports)
+    with pytest.raises(ConfigError, match="dev_eval"):
+        cfg.replace(dev_eval="last-epoch")
 
 
 def test_undefined_dev_gap_leaves_lambda_unchanged(small_corpus, tmp_path):

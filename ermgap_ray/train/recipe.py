@@ -100,6 +100,13 @@ def worker_inputs(cfg: TrialConfig) -> TrialInputs:
     return _WORKER_INPUTS[key]
 
 
+def scores_dev_every_epoch(cfg: TrialConfig) -> bool:
+    """`dev_eval=auto`: only adaptive λ reads the dev split while training (its dual step)."""
+    if cfg.dev_eval != "auto":
+        return cfg.dev_eval == "every-epoch"
+    return cfg.lambda_mode == "adaptive" and cfg.objective in ("minmaxgap", "meangap")
+
+
 def epoch_seed(cfg: TrialConfig, epoch: int) -> int:
     """Per-epoch reseeding makes a resumed run bitwise-identical to an uninterrupted one."""
     return cfg.seed * 100_003 + epoch
@@ -365,9 +372,12 @@ class Recipe:
         lam = self.schedule.value
         metrics: dict[str, Any] = {"epoch": epoch + 1, "lambda": lam}
         metrics |= self.train_epoch(epoch, lam)
-        metrics |= self.dev_metrics(self.evaluate("dev"))
-        metrics["lambda_next"] = self.update_lambda(self.dev_gap(metrics))
         is_final = epoch + 1 >= self.cfg.epochs
+        if is_final or scores_dev_every_epoch(self.cfg):
+            metrics |= self.dev_metrics(self.evaluate("dev"))
+            metrics["lambda_next"] = self.update_lambda(self.dev_gap(metrics))
+        else:
+            metrics["lambda_next"] = self.schedule.value
         with tempfile.TemporaryDirectory(prefix="ermgap-ckpt-") as tmp:
             ckpt_dir = Path(tmp)
             try:
@@ -424,9 +434,10 @@ class EpochPrinter:
         if "lambda_next" in m:
             lam += f" -> {m['lambda_next']:.3g}"
         parts.append(lam)
-        parts.append(
-            f"dev wf1 {100 * m['dev/wf1']:.1f} max_gap_wf1 {100 * m['dev/max_gap_wf1']:.1f}"
-        )
+        if "dev/wf1" in m:
+            parts.append(
+                f"dev wf1 {100 * m['dev/wf1']:.1f} max_gap_wf1 {100 * m['dev/max_gap_wf1']:.1f}"
+            )
         if "test/wf1" in m:
             parts.append(
                 f"test wf1 {100 * m['test/wf1']:.1f} max_gap_wf1 {100 * m['test/max_gap_wf1']:.1f}"
