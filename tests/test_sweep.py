@@ -78,7 +78,7 @@ def _cfg(tmp_path: Path, name: str, **kw: object) -> SweepConfig:
 def test_paper_preset_is_the_full_ablation() -> None:
     cfg = load_sweep_config("paper")
     trials = grid_trials(cfg)
-    assert len(trials) == len(PAPER_FAMILIES) * 2 * 5 == 80
+    assert len(trials) == len(PAPER_FAMILIES) * 2 * 10 == 160
     by_family = {t["family"]: t for t in trials if t["seed"] == 0 and t["modality"] == "audio"}
     assert by_family["zero-shot"]["epochs"] == 0
     assert by_family["erm"]["objective"] == "erm" and by_family["erm"]["lam"] == 0.0
@@ -91,7 +91,7 @@ def test_paper_preset_is_the_full_ablation() -> None:
         for t in trials
         if t["family"] != "zero-shot"
     }
-    assert len(hashes) == 70, "every trained trial is a distinct configuration"
+    assert len(hashes) == 140, "every trained trial is a distinct configuration"
 
 
 def test_overrides_flags_and_sets() -> None:
