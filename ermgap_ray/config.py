@@ -22,6 +22,7 @@ from ermgap_ray.errors import ConfigError
 from ermgap_ray.registry import GAP_KINDS
 
 OBJECTIVES = ("erm", "minmaxgap", "meangap", "groupdro")
+GAP_PENALTY_OBJECTIVES = ("minmaxgap", "meangap")
 LAMBDA_MODES = ("fixed", "adaptive")
 DEV_GAP_METRICS = ("loss", *GAP_KINDS)
 ENGINES = ("auto", "torch", "deepspeed")
@@ -112,6 +113,11 @@ class TrialConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def adapts_lambda(self) -> bool:
+        """λ follows the dual schedule only where the objective has a gap penalty to weight."""
+        return self.lambda_mode == "adaptive" and self.objective in GAP_PENALTY_OBJECTIVES
+
     def validate(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"config field '{name}': {why} (got {getattr(self, name)!r})")
@@ -131,11 +137,7 @@ class TrialConfig:
         for name in ("lam", "eta", "epsilon", "lam_max", "groupdro_eta", "weight_decay"):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
-        if (
-            self.dev_eval == "last-epoch"
-            and self.lambda_mode == "adaptive"
-            and self.objective in ("minmaxgap", "meangap")
-        ):
+        if self.dev_eval == "last-epoch" and self.adapts_lambda:
             raise bad("dev_eval", "adaptive lambda takes its dual step on every epoch's dev gap")
         if self.lambda_mode == "adaptive" and self.lam_max < self.lam:
             raise bad("lam_max", f"must be >= lam ({self.lam})")

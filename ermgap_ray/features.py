@@ -442,6 +442,8 @@ class SERDataset(Dataset):
             lengths = num_audio_tokens(num_feature_frames(samples, self.assets.feature_extractor))
         self.num_audio_tokens = lengths
         self.input_ids = self._tokenise(lengths)
+        # Tokens per prompt, audio placeholders included: what a batch holding the row pads to.
+        self.prompt_lengths = np.array([len(ids) for ids in self.input_ids], dtype=np.int64)
 
     def _tokenise(self, lengths: np.ndarray) -> list[np.ndarray]:
         tokenizer = self.assets.tokenizer
@@ -459,11 +461,6 @@ class SERDataset(Dataset):
             np.concatenate([prefix_ids, np.full(n, audio_id, dtype=np.int64), np.asarray(s)])
             for n, s in zip(lengths, suffixes, strict=True)
         ]
-
-    @property
-    def prompt_lengths(self) -> np.ndarray:
-        """Tokens per prompt, audio placeholders included: what a batch of the row pads to."""
-        return np.array([len(ids) for ids in self.input_ids], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -18,6 +18,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from ermgap_ray.config import GAP_PENALTY_OBJECTIVES
 from ermgap_ray.data.schema import MODALITIES
 from ermgap_ray.registry import FAMILIES, family_style
 
@@ -80,7 +81,7 @@ def _knobs(config: Mapping[str, Any]) -> str:
     """The knobs that act in this configuration (an ERM row's p and η do nothing)."""
     objective = config.get("objective")
     names = ["objective"]
-    if objective in ("minmaxgap", "meangap"):
+    if objective in GAP_PENALTY_OBJECTIVES:
         names += ["p", "lambda_mode", "lam"]
         if config.get("lambda_mode") == "adaptive":
             names += ["eta", "epsilon", "lam_max", "dev_gap_metric"]

@@ -17,7 +17,7 @@ import pytest
 
 from ermgap_ray.errors import ConfigError
 from ermgap_ray.results import read_manifest, read_trials, write_manifest
-from ermgap_ray.sweep import load_sweep_config, resume_config, run_dir_lock
+from ermgap_ray.sweep import LOCK_FILE, load_sweep_config, resume_config, run_dir_lock
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -181,7 +181,13 @@ def test_live_run_refuses_others_and_sigterm_stops_it_like_ctrl_c(
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(live.stdout), daemon=True)
     reader.start()
-    time.sleep(0.1)
+    lock = tmp_path / "live" / LOCK_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and f"pid {live.pid} " not in (
+        lock.read_text() if lock.is_file() else ""
+    ):
+        assert live.poll() is None, "".join(lines)
+        time.sleep(0.05)
     for extra in ([], ["--resume"]):
         other = _driver(*args, *extra)
         out = other.communicate(timeout=120)[0]

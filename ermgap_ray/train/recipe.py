@@ -104,7 +104,7 @@ def scores_dev_every_epoch(cfg: TrialConfig) -> bool:
     """`dev_eval=auto`: only adaptive λ reads the dev split while training (its dual step)."""
     if cfg.dev_eval != "auto":
         return cfg.dev_eval == "every-epoch"
-    return cfg.lambda_mode == "adaptive" and cfg.objective in ("minmaxgap", "meangap")
+    return cfg.adapts_lambda
 
 
 def epoch_seed(cfg: TrialConfig, epoch: int) -> int:
@@ -228,9 +228,8 @@ class Recipe:
             for s, df in self.frames.items()
         }
         self.objective = build_objective(cfg.objective, cfg.p, NUM_STRATA, cfg.groupdro_eta)
-        gap_penalty = cfg.objective in ("minmaxgap", "meangap")
         self.schedule = build_lambda_schedule(
-            cfg.lambda_mode if gap_penalty else "fixed",
+            "adaptive" if cfg.adapts_lambda else "fixed",
             cfg.lam,
             cfg.eta,
             cfg.epsilon,
