@@ -50,14 +50,14 @@ class TrialConfig:
     lam: float = _knob(0.3, "Fixed lambda, or lambda_0 for the adaptive schedule. 0 = ERM.")
     eta: float = _knob(1.0, "Dual step size of the adaptive schedule.")
     epsilon: float = _knob(
-        0.3,
+        0.2,
         "Dev-gap tolerance of the adaptive schedule, in the units of dev_gap_metric (nats for "
         "loss, a fraction for a metric gap): lambda rises while the dev gap exceeds it.",
     )
     lam_max: float = _knob(
-        0.5,
-        "Upper clip of the adaptive lambda. Above ~1 the regulariser's ascent on the better-off "
-        "group outweighs ERM's descent and levels every group down (README).",
+        1.0,
+        "Upper clip of the adaptive lambda: how far it may climb while the dev gap stays above "
+        "epsilon. A large lambda levels every group down (README).",
     )
     dev_gap_metric: str = _knob(
         "loss",
