@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from ermgap_ray.config import TrialConfig
+from ermgap_ray.results import split_trial_config
 from ermgap_ray.sweep import grid_trials, load_sweep_config, run_sweep
 
 
@@ -113,9 +114,7 @@ def main() -> None:
         train_s = float(trials["time_epoch_s"].sum())
         trial_wall = float(trials.groupby("trial_id")["time_total_s"].max().sum())
         grid = grid_trials(cfg)
-        configs = [
-            TrialConfig.from_dict({k: v for k, v in t.items() if k != "family"}) for t in grid
-        ]
+        configs = [split_trial_config(t)[1] for t in grid]
     ray.shutdown()
     out = {
         "benchmark": "sweep_efficiency",

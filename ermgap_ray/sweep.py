@@ -412,14 +412,10 @@ def _trial_configs(cfg: SweepConfig) -> list[TrialConfig]:
     """Every grid trial and each modality's search base, validated before anything starts."""
     out = []
     if cfg.kind in ("grid", "both"):
-        out += [TrialConfig.from_dict(_without_family(t)) for t in grid_trials(cfg)]
+        out += [split_trial_config(t)[1] for t in grid_trials(cfg)]
     if cfg.kind in ("search", "both"):
         out += [TrialConfig.from_dict({**cfg.trial, "modality": m}) for m in cfg.modalities]
     return out
-
-
-def _without_family(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k != "family"}
 
 
 def _phases(cfg: SweepConfig) -> list[str]:
