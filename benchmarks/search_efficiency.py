@@ -15,10 +15,8 @@ reused wherever it recurs (training is deterministic per config and seed).
    each sampler's trials ÷ random's, per repeat; mean and 95% Student-t CI over repeats.
 2. Constrained search: the bound is dev/max_gap_wf1 <= the 25th percentile of that repeat's
    random-search gaps (a bound random search meets in a quarter of its trials by construction).
-   As in the sweep (`search.sampler_objectives`), the bounded gap becomes the constraint alone:
-   the constrained TPE search maximises dev W-F1 subject to the bound. It is compared with the
-   unconstrained two-objective TPE search of the same repeat: best feasible dev W-F1 and the
-   number of feasible trials.
+   The constrained TPE search is compared with the unconstrained TPE search of the same repeat:
+   best feasible dev W-F1 and the number of feasible trials.
 
 Prints ONE JSON line (keys best_sampler, best_hv_ratio_vs_random, best_hv_ratio_ci95 are read
 by other checks); progress goes to stderr.
@@ -75,20 +73,13 @@ def run_search(
     """One search of `trials` trials; returns each trial's params, objectives and feasibility."""
     import optuna
 
-    from ermgap_ray.search import (
-        Bound,
-        SearchSpace,
-        make_sampler,
-        sampler_objectives,
-        set_constraints,
-    )
+    from ermgap_ray.search import Bound, SearchSpace, make_sampler, set_constraints
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace(_trial_overrides(epochs), ["audio"])
     bounds = [Bound(GAP, "<=", bound)] if bound is not None else []
-    objectives = sampler_objectives([(UTILITY, "max"), (GAP, "min")], bounds)
     study = optuna.create_study(
-        directions=["maximize" if mode == "max" else "minimize" for _, mode in objectives],
+        directions=["maximize", "minimize"],
         sampler=make_sampler(sampler, seed, trials, 1, space.conditional),
     )
     for point in space.warm_start_points(trials):
@@ -103,7 +94,7 @@ def run_search(
         result = known[key]
         if bounds:
             set_constraints(trial, bounds, result)
-        study.tell(trial, [result[metric] for metric, _ in objectives])
+        study.tell(trial, [result[UTILITY], result[GAP]])
         out.append({"params": trial.params, **result})
         print(
             f"[{sampler}{'+c' if bounds else ''} seed {seed}] {i + 1}/{trials} "

@@ -150,23 +150,6 @@ def parse_bounds(texts: list[str]) -> list[Bound]:
     return [Bound.parse(t) for t in texts]
 
 
-def sampler_objectives(
-    objectives: list[tuple[str, str]], bounds: list[Bound]
-) -> list[tuple[str, str]]:
-    """The objectives the sampler optimises, given the search's bounds.
-
-    An objective that a bound caps on its good side (`min` with `<=`, `max` with `>=`) becomes
-    that constraint alone: any value inside the bound is good enough. A gap bound then turns the
-    search into "best W-F1 subject to the gap bound", which spends the trials where a
-    deployable model can be, not on the part of the front below the bound (README "Search").
-    If every objective is capped, all of them stay.
-    """
-    good_side = {"min": ("<=", "<"), "max": (">=", ">")}
-    capped = {(b.metric, mode) for b in bounds for mode, ops in good_side.items() if b.op in ops}
-    kept = [(metric, mode) for metric, mode in objectives if (metric, mode) not in capped]
-    return kept or list(objectives)
-
-
 def resolve_sampler(kind: str, num_samples: int, conditional: bool) -> str:
     """`auto`, by budget and space (README "Search"):
 

@@ -112,9 +112,8 @@ class SweepConfig:
     constraints: list[str] = _knob(
         [],
         "Search: bounds `metric<=value` / `metric>=value` in the metric's own units "
-        "(fractions), e.g. dev/max_gap_wf1<=0.05; the sampler steers toward feasible trials, an "
-        "objective bounded on its good side becomes the constraint alone (best W-F1 subject to "
-        "the gap bound), and the operating point defaults to the bounds.",
+        "(fractions), e.g. dev/max_gap_wf1<=0.05; the sampler steers toward feasible trials and "
+        "the operating point defaults to them.",
     )
     warm_start: bool = _knob(
         True, "Search: evaluate the paper grid's configurations first (points_to_evaluate)."
@@ -536,26 +535,23 @@ def _tuner(
         optuna_storage,
         parse_bounds,
         resolve_sampler,
-        sampler_objectives,
     )
 
+    objectives = cfg.parsed_objectives()
     space = SearchSpace(cfg.trial, cfg.modalities)
     sampler = resolve_sampler(cfg.sampler, cfg.num_samples, space.conditional)
     points = space.warm_start_points(cfg.num_samples) if cfg.warm_start else []
     bounds = parse_bounds(cfg.constraints)
-    objectives = sampler_objectives(cfg.parsed_objectives(), bounds)
     print(
         f"search: {sampler} sampler{' (auto)' if cfg.sampler == 'auto' else ''}, "
         f"{cfg.num_samples} trials, {len(points)} warm-start point(s) from the paper grid, "
-        f"objectives: {', '.join(f'{m}:{mode}' for m, mode in objectives)}, "
         f"constraints: {', '.join(map(str, bounds)) or 'none'}",
         flush=True,
     )
-    metrics, modes = [m for m, _ in objectives], [mode for _, mode in objectives]
     search = ConstrainedOptunaSearch(
         space=space,
-        metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0],
+        metric=[m for m, _ in objectives],
+        mode=[mode for _, mode in objectives],
         sampler=make_sampler(sampler, cfg.sampler_seed, cfg.num_samples, concurrency),
         study_name=cfg.run_name,
         storage=optuna_storage(run_dir),

@@ -98,8 +98,7 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         metavar="METRIC<=VALUE",
         help="Search: a bound the sampler steers toward and the operating point defaults to, in "
-        "the metric's units (fractions), repeatable, e.g. dev/max_gap_wf1<=0.05; an objective "
-        "bounded on its good side becomes the constraint alone (preset: none).",
+        "the metric's units (fractions), repeatable, e.g. dev/max_gap_wf1<=0.05 (preset: none).",
     )
     p.add_argument(
         "--no-warm-start",
@@ -117,9 +116,7 @@ def parser() -> argparse.ArgumentParser:
         "preset: none).",
     )
     p.add_argument(
-        "--seeds",
-        type=int,
-        help="Grid: seeds per family and modality (preset: paper 12, robustness 10, smoke 1).",
+        "--seeds", type=int, help="Grid: seeds per family and modality (preset: paper 5, smoke 1)."
     )
     p.add_argument(
         "--objective",

@@ -19,7 +19,6 @@ from ermgap_ray.search import (
     clip_into_range,
     make_sampler,
     resolve_sampler,
-    sampler_objectives,
     startup_trials,
 )
 from ermgap_ray.sweep import load_sweep_config
@@ -126,50 +125,3 @@ def test_constraints_and_warm_start_reach_the_study_through_ray_optuna_search() 
         assert trial.system_attrs["constraints:dev/max_gap_wf1<=0.05"] == pytest.approx(gap - 0.05)
     family, cfg = split_trial_config(configs[-1])
     assert family == "search" and cfg.epochs == 1
-
-
-OBJECTIVES = [("dev/wf1", "max"), ("dev/max_gap_wf1", "min")]
-
-
-@pytest.mark.parametrize(
-    ("constraints", "expected"),
-    [
-        ([], OBJECTIVES),
-        (["dev/max_gap_wf1<=0.05"], [("dev/wf1", "max")]),
-        (["dev/wf1>=0.5"], [("dev/max_gap_wf1", "min")]),
-        # A bound on the bad side caps nothing: the objective still pulls past it.
-        (["dev/max_gap_wf1>=0.01"], OBJECTIVES),
-        (["dev/max_gap_acc<=0.05"], OBJECTIVES),
-        (["dev/max_gap_wf1<=0.05", "dev/wf1>=0.5"], OBJECTIVES),
-    ],
-)
-def test_a_bounded_objective_becomes_the_constraint_alone(
-    constraints: list[str], expected: list[tuple[str, str]]
-) -> None:
-    bounds = [Bound.parse(c) for c in constraints]
-    assert sampler_objectives(OBJECTIVES, bounds) == expected
-
-
-def test_a_gap_bound_makes_ray_optuna_search_maximise_wf1_inside_it() -> None:
-    """Through Ray's OptunaSearch: one direction (W-F1 up), the gap only as the constraint."""
-    bounds = [Bound.parse("dev/max_gap_wf1<=0.05")]
-    ((metric, mode),) = sampler_objectives(OBJECTIVES, bounds)
-    search = ConstrainedOptunaSearch(
-        space=SearchSpace({"epochs": 1}, ["audio"]),
-        metric=metric,
-        mode=mode,
-        sampler=make_sampler("tpe", 0, 6),
-        bounds=bounds,
-    )
-    for i, (wf1, gap) in enumerate([(0.7, 0.2), (0.5, 0.01)]):
-        search.suggest(f"t{i}")
-        search.on_trial_complete(f"t{i}", {"dev/wf1": wf1, "dev/max_gap_wf1": gap})
-    study = search._ot_study
-    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
-    assert [t.values for t in study.trials] == [[0.7], [0.5]]
-    assert [t.constraints for t in study.trials] == [
-        pytest.approx({"dev/max_gap_wf1<=0.05": 0.15}),
-        pytest.approx({"dev/max_gap_wf1<=0.05": -0.04}),
-    ]
-    # The infeasible trial has the higher W-F1, yet the feasible one is the study's best.
-    assert study.best_trial.number == 1
