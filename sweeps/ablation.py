@@ -116,7 +116,9 @@ def parser() -> argparse.ArgumentParser:
         "preset: none).",
     )
     p.add_argument(
-        "--seeds", type=int, help="Grid: seeds per family and modality (preset: paper 5, smoke 1)."
+        "--seeds",
+        type=int,
+        help="Grid: seeds per family and modality (preset: paper 12, robustness 10, smoke 1).",
     )
     p.add_argument(
         "--objective",
