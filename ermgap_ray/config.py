@@ -118,6 +118,13 @@ class TrialConfig:
         """λ follows the dual schedule only where the objective has a gap penalty to weight."""
         return self.lambda_mode == "adaptive" and self.objective in GAP_PENALTY_OBJECTIVES
 
+    @property
+    def scores_dev_every_epoch(self) -> bool:
+        """`dev_eval=auto`: only adaptive λ reads the dev split while training (its dual step)."""
+        if self.dev_eval != "auto":
+            return self.dev_eval == "every-epoch"
+        return self.adapts_lambda
+
     def validate(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"config field '{name}': {why} (got {getattr(self, name)!r})")

@@ -237,17 +237,24 @@ def load_sweep_config(
 def grid_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
     """The ablation as explicit per-trial dicts: family × modality × seed (each validated).
 
-    Trials that train come first: the few-second untrained references then fill the last free
-    slots, where a long trial would leave the other slot idle until it ends.
+    Ordered longest first (`expected_cost`), so that the few-second untrained references fill
+    the last free slots instead of one long trial holding the sweep while the other slots idle.
     """
     out = []
     for family in cfg.families:
         for modality in cfg.modalities:
             for seed in range(cfg.seeds):
                 values = {**cfg.trial, **PAPER_FAMILIES[family], "modality": modality, "seed": seed}
-                TrialConfig.from_dict(values)
-                out.append({"family": family, **values})
-    return sorted(out, key=lambda t: t.get("epochs") == 0)
+                out.append(({"family": family, **values}, TrialConfig.from_dict(values)))
+    out.sort(key=lambda pair: expected_cost(pair[1]), reverse=True)
+    return [trial for trial, _ in out]
+
+
+def expected_cost(cfg: TrialConfig) -> tuple[int, bool, bool]:
+    """A trial's cost rank without timing it: epochs, then a transcript in the prompt (the same
+    clips with more tokens), then a dev pass every epoch (adaptive λ's dual step). Longest-first
+    list scheduling on these keys leaves the slots at most the last short trial apart."""
+    return (cfg.epochs, cfg.modality == "audio+text", cfg.scores_dev_every_epoch)
 
 
 # ------------------------------------------------------------------------------------------
@@ -394,17 +401,25 @@ def _default_concurrency(cfg: SweepConfig) -> int:
 
 
 def _prepare_inputs(configs: list[TrialConfig]) -> dict[str, Any]:
-    """Validate data + backbone and build the encoder cache once, before any trial starts."""
+    """Validate data + backbone and build the encoder cache once, before any trial starts.
+
+    Each input spec is checked (a modality has its own transcript checks), but each set of
+    audio files is decoded once: the modalities of one corpus share it.
+    """
     from ermgap_ray.train.recipe import inputs_key, prepare_trial_inputs
 
     static: dict[str, Any] = {}
-    seen = set()
+    seen: set[tuple[Any, ...]] = set()
+    audio_checked: set[tuple[Any, ...]] = set()
     for trial in configs:
         key = inputs_key(trial)
         if key in seen:
             continue
         seen.add(key)
-        static["data_fingerprint"] = prepare_trial_inputs(trial).data_fingerprint
+        corpus = (trial.data, trial.twin_bias, trial.twin_seed)
+        inputs = prepare_trial_inputs(trial, check_audio=corpus not in audio_checked)
+        audio_checked.add(corpus)
+        static["data_fingerprint"] = inputs.data_fingerprint
     return static
 
 

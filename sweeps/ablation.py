@@ -15,7 +15,7 @@ PRESETS = """presets (sweeps/<name>.yaml; flags below override them):
   search  Optuna multi-objective search (max dev/wf1, min dev/max_gap_wf1) over p, fixed vs
           adaptive lambda (lam | eta, epsilon, lam_max, lam as lambda_0), lr and lora_r
   smoke   a tiny grid then a tiny search, one epoch each: the CI check that it all runs
-  robustness  ERM vs adaptive-p2, audio, 5 seeds: rerun the claim on another twin with
+  robustness  ERM vs adaptive-p2 on audio: rerun the claim on another twin with
           --set twin_seed=11, --set twin_bias=none (the control) or --set twin_bias=underrep
 
 executors (--executor):
@@ -86,12 +86,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-concurrent", type=int, help="Trials at once (preset: as many as fit the cluster)."
     )
-    p.add_argument("--num-samples", type=int, help="Search: number of Optuna trials (preset: 24).")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        help="Search: number of Optuna trials (preset: search 24, smoke 2).",
+    )
     p.add_argument(
         "--sampler",
         choices=SAMPLERS,
         help="Search: Optuna sampler; auto picks by budget: < 12 trials random, a conditional "
-        "space TPE, else GP up to 200 trials, then TPE (preset: auto).",
+        "space TPE, else GP up to 200 trials, then TPE (preset: search auto, smoke random).",
     )
     p.add_argument(
         "--constraint",

@@ -24,14 +24,57 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 LOCKED = "is in use by another driver (pid "
 
 
-def _sweep_main():
-    """`main` of sweeps/ablation.py, which is a script, not a module of the package."""
+def _ablation_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ablation_cli", REPO / "sweeps" / "ablation.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def _sweep_main():
+    """`main` of sweeps/ablation.py, which is a script, not a module of the package."""
+    return _ablation_module().main
+
+
+def _preset_note(knob: str) -> str:
+    """What a flag's "(preset: …)" says about `knob`: one value if every preset that reads it
+    agrees, else each such preset's value (`seeds` only matters to grids, the search knobs
+    only to searches)."""
+    phase = {"seeds": "grid", "num_samples": "search", "sampler": "search", "objectives": "search"}
+    values = {}
+    for path in sorted((REPO / "sweeps").glob("*.yaml")):
+        cfg = load_sweep_config(path.stem)
+        if knob not in phase or cfg.kind in (phase[knob], "both"):
+            value = getattr(cfg, knob)
+            if isinstance(value, list):
+                value = " ".join(value)
+            values[path.stem] = f"{value:g}" if isinstance(value, float) else str(value)
+    if len(set(values.values())) == 1:
+        return f"preset: {next(iter(values.values()))})"
+    return "preset: " + ", ".join(f"{name} {v}" for name, v in values.items()) + ")"
+
+
+def test_help_quotes_the_presets_as_they_are() -> None:
+    """The "(preset: …)" notes restate sweeps/*.yaml, since --help loads no preset (it imports
+    none of pandas, numpy, torch or Ray); this keeps them from going stale, as "paper 5" did."""
+    helps = {a.dest: " ".join((a.help or "").split()) for a in _ablation_module().parser()._actions}
+    for knob in (
+        "cluster",
+        "storage",
+        "workers_per_trial",
+        "gpus_per_worker",
+        "executor",
+        "num_samples",
+        "sampler",
+        "seeds",
+    ):
+        assert _preset_note(knob) in helps[knob], (knob, helps[knob], _preset_note(knob))
+    assert _preset_note("objectives") in helps["objective"]
+    assert "preset: none)" in helps["constraint"] and "preset: none)" in helps["tracker"]
+    assert not any(load_sweep_config(p.stem).constraints for p in (REPO / "sweeps").glob("*.yaml"))
+    assert not any(load_sweep_config(p.stem).trackers for p in (REPO / "sweeps").glob("*.yaml"))
 
 
 def _driver(*args: str) -> subprocess.Popen:

@@ -29,6 +29,7 @@ from ermgap_ray.search import SearchSpace
 from ermgap_ray.sweep import (
     SweepConfig,
     executor_for,
+    expected_cost,
     grid_trials,
     load_sweep_config,
     run_sweep,
@@ -90,6 +91,22 @@ def test_paper_preset_is_the_full_ablation() -> None:
     assert by_family["meangap"]["objective"] == "meangap"
     hashes = {c.config_hash() for c in configs if c.epochs}
     assert len(hashes) == 168, "every trained trial is a distinct configuration"
+
+
+def test_the_grid_runs_longest_first() -> None:
+    """Longest-first scheduling: transcript prompts before audio-only ones, adaptive λ's
+    per-epoch dev pass before the others, untrained references last; ties keep grid order."""
+    configs = [split_trial_config(t)[1] for t in grid_trials(load_sweep_config("paper"))]
+    costs = [expected_cost(c) for c in configs]
+    assert costs == sorted(costs, reverse=True)
+    assert configs[0].modality == "audio+text" and configs[0].adapts_lambda
+    assert [c.epochs for c in configs[-24:]] == [0] * 24, "the 24 zero-shot references last"
+    last_trained = configs[-25]
+    assert last_trained.modality == "audio" and not last_trained.scores_dev_every_epoch
+    first_erm = next(c for c in configs if c.objective == "erm")
+    assert (first_erm.modality, first_erm.seed) == ("audio+text", 0)
+    fixed = TrialConfig(epochs=2, lambda_mode="fixed")
+    assert expected_cost(fixed.replace(dev_eval="every-epoch")) > expected_cost(fixed)
 
 
 def test_overrides_flags_and_sets() -> None:

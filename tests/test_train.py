@@ -180,15 +180,31 @@ def test_cli_prints_one_json_line_and_rejects_bad_config(cfg, tmp_path, capsys):
 
 def test_a_reused_trial_process_prepares_its_inputs_once(monkeypatch, cfg):
     """Tune's reuse_actors hands one process many trials: the corpus and encoder cache are
-    opened once per input spec, and again only when a trial asks for other inputs."""
+    opened once per input spec. A grid alternating its two modalities opens each once; a third
+    spec evicts the least recently used."""
     from ermgap_ray.train import recipe
 
     opened = []
     monkeypatch.setattr(recipe, "_WORKER_INPUTS", {})
     monkeypatch.setattr(
-        recipe, "prepare_trial_inputs", lambda c, **kw: opened.append(c.modality) or object()
+        recipe,
+        "prepare_trial_inputs",
+        lambda c, **kw: opened.append((c.modality, c.twin_seed)) or object(),
     )
     first = recipe.worker_inputs(cfg)
     assert recipe.worker_inputs(cfg.replace(seed=3, objective="erm")) is first
-    assert recipe.worker_inputs(cfg.replace(modality="audio+text")) is not first
-    assert opened == ["audio", "audio+text"]
+    text = recipe.worker_inputs(cfg.replace(modality="audio+text"))
+    assert text is not first
+    assert recipe.worker_inputs(cfg.replace(seed=4)) is first
+    assert recipe.worker_inputs(cfg.replace(modality="audio+text", seed=5)) is text
+    other_twin = cfg.twin_seed + 1
+    recipe.worker_inputs(cfg.replace(twin_seed=other_twin))  # evicts the least recently used
+    assert recipe.worker_inputs(cfg.replace(modality="audio+text")) is text
+    assert recipe.worker_inputs(cfg) is not first
+    modality, twin = cfg.modality, cfg.twin_seed
+    assert opened == [
+        (modality, twin),
+        ("audio+text", twin),
+        (modality, other_twin),
+        (modality, twin),
+    ]
