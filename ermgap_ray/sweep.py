@@ -406,7 +406,7 @@ def _prepare_inputs(configs: list[TrialConfig]) -> dict[str, Any]:
     Each input spec is checked (a modality has its own transcript checks), but each set of
     audio files is decoded once: the modalities of one corpus share it.
     """
-    from ermgap_ray.train.recipe import inputs_key, prepare_trial_inputs
+    from ermgap_ray.train.recipe import corpus_key, inputs_key, prepare_trial_inputs
 
     static: dict[str, Any] = {}
     seen: set[tuple[Any, ...]] = set()
@@ -416,7 +416,7 @@ def _prepare_inputs(configs: list[TrialConfig]) -> dict[str, Any]:
         if key in seen:
             continue
         seen.add(key)
-        corpus = (trial.data, trial.twin_bias, trial.twin_seed)
+        corpus = corpus_key(trial)
         inputs = prepare_trial_inputs(trial, check_audio=corpus not in audio_checked)
         audio_checked.add(corpus)
         static["data_fingerprint"] = inputs.data_fingerprint

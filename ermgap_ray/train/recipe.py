@@ -81,9 +81,14 @@ def prepare_trial_inputs(
     return TrialInputs(records, fingerprint, backbone_dir, cache)
 
 
+def corpus_key(cfg: TrialConfig) -> tuple[Any, ...]:
+    """The knobs that pick the records and their audio files."""
+    return (cfg.data, cfg.twin_bias, cfg.twin_seed)
+
+
 def inputs_key(cfg: TrialConfig) -> tuple[Any, ...]:
     """The knobs `prepare_trial_inputs` depends on: trials equal here share their inputs."""
-    return (cfg.data, cfg.twin_bias, cfg.twin_seed, cfg.backbone, cfg.use_cache, cfg.modality)
+    return (*corpus_key(cfg), cfg.backbone, cfg.use_cache, cfg.modality)
 
 
 _WORKER_INPUTS: dict[tuple[Any, ...], TrialInputs] = {}
