@@ -3,6 +3,8 @@ bad storage, a changed `--resume`, and the CLIs' help."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -17,11 +19,18 @@ import pytest
 
 from ermgap_ray.errors import ConfigError
 from ermgap_ray.results import read_manifest, read_trials, write_manifest
-from ermgap_ray.sweep import LOCK_FILE, load_sweep_config, resume_config, run_dir_lock
+from ermgap_ray.sweep import (
+    LOCK_FILE,
+    SweepConfig,
+    load_sweep_config,
+    resume_config,
+    run_dir_lock,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 LOCKED = "is in use by another driver (pid "
+SWEEP_FIELDS = {f.name: f for f in dataclasses.fields(SweepConfig)}
 
 
 def _ablation_module():
@@ -38,19 +47,23 @@ def _sweep_main():
     return _ablation_module().main
 
 
+@functools.cache
+def _presets() -> dict[str, SweepConfig]:
+    return {p.stem: load_sweep_config(p.stem) for p in sorted((REPO / "sweeps").glob("*.yaml"))}
+
+
 def _preset_note(knob: str) -> str:
     """What a flag's "(preset: …)" says about `knob`: one value if every preset that reads it
-    agrees, else each such preset's value (`seeds` only matters to grids, the search knobs
-    only to searches)."""
-    phase = {"seeds": "grid", "num_samples": "search", "sampler": "search", "objectives": "search"}
+    agrees, else each such preset's value. A knob whose help starts "Grid:" or "Search:" is
+    read only by presets that run that phase."""
+    prefix = SWEEP_FIELDS[knob].metadata["help"].split(":")[0].lower()
     values = {}
-    for path in sorted((REPO / "sweeps").glob("*.yaml")):
-        cfg = load_sweep_config(path.stem)
-        if knob not in phase or cfg.kind in (phase[knob], "both"):
+    for name, cfg in _presets().items():
+        if prefix not in ("grid", "search") or cfg.kind in (prefix, "both"):
             value = getattr(cfg, knob)
             if isinstance(value, list):
                 value = " ".join(value)
-            values[path.stem] = f"{value:g}" if isinstance(value, float) else str(value)
+            values[name] = f"{value:g}" if isinstance(value, float) else str(value)
     if len(set(values.values())) == 1:
         return f"preset: {next(iter(values.values()))})"
     return "preset: " + ", ".join(f"{name} {v}" for name, v in values.items()) + ")"
@@ -73,8 +86,8 @@ def test_help_quotes_the_presets_as_they_are() -> None:
         assert _preset_note(knob) in helps[knob], (knob, helps[knob], _preset_note(knob))
     assert _preset_note("objectives") in helps["objective"]
     assert "preset: none)" in helps["constraint"] and "preset: none)" in helps["tracker"]
-    assert not any(load_sweep_config(p.stem).constraints for p in (REPO / "sweeps").glob("*.yaml"))
-    assert not any(load_sweep_config(p.stem).trackers for p in (REPO / "sweeps").glob("*.yaml"))
+    assert not any(cfg.constraints for cfg in _presets().values())
+    assert not any(cfg.trackers for cfg in _presets().values())
 
 
 def _driver(*args: str) -> subprocess.Popen:
