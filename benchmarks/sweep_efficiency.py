@@ -8,6 +8,12 @@
   cache and one thread, as a sweep slot has: 2 slots make 0.5 the limit. `--cached-plain-seeds K`
   times every config of seeds < K and gives each other config the mean of its (family,
   modality): a plain trial's cost does not depend on its seed (same steps, same clips)
+* trial_slowdown_vs_plain = a trial's own wall inside the sweep (its loop's time_total_s, setup
+  to last report) ÷ the same config's in the cached plain loop, Σ over the grid (extrapolated as
+  the cached plain wall is): what running two trials at once under Ray costs each of them
+* sweep_fixed_s = sweep wall − Σ trial wall ÷ slots: Ray's start, the input checks, the gaps
+  between trials, the last trial's tail and the reports. The two explain the wall ratio:
+  wall_ratio ≈ (trial_slowdown × Σ plain trial wall ÷ slots + sweep_fixed_s) ÷ cached plain wall
 * wall_ratio_vs_uncached_plain = the same against a plain loop without the cache (a hand-written
   script re-encodes the audio every epoch); `--plain-sample K` times K of those (a zero-shot and
   trained ones) and extrapolates, since each takes minutes on 2 cores
@@ -53,16 +59,20 @@ def _extrapolate(kinds: list[Any], seconds: dict[int, float]) -> float:
     return total
 
 
-def _time_plain(configs: list[TrialConfig], sample: list[int], use_cache: bool) -> dict[int, float]:
+def _time_plain(
+    configs: list[TrialConfig], sample: list[int], use_cache: bool
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Each sampled config's wall in the plain loop, and its loop's own `time_total_s`."""
     from ermgap_ray.train import run_plain
 
-    seconds = {}
+    seconds, trial_s = {}, {}
     with contextlib.redirect_stdout(sys.stderr):
         for i in sample:
             t0 = time.perf_counter()
-            run_plain(configs[i], use_cache=use_cache)
+            final = run_plain(configs[i], use_cache=use_cache)
             seconds[i] = time.perf_counter() - t0
-    return seconds
+            trial_s[i] = float(final["time_total_s"])
+    return seconds, trial_s
 
 
 def main() -> None:
@@ -127,6 +137,7 @@ def main() -> None:
         "slot_efficiency": round(train_s / (sweep_wall * slots), 3),
         "slot_occupancy": round(trial_wall / (sweep_wall * slots), 3),
         "mean_trial_wall_s": round(trial_wall / max(1, len(configs)), 1),
+        "sweep_fixed_s": round(sweep_wall - trial_wall / slots, 1),
         "errors": result.n_error,
     }
     import torch
@@ -137,15 +148,18 @@ def main() -> None:
         for i, c in enumerate(configs)
         if args.cached_plain_seeds <= 0 or c.seed < args.cached_plain_seeds
     ]
-    seconds = _time_plain(configs, timed, use_cache=True)
-    cached_wall = _extrapolate([(t["family"], t["modality"]) for t in grid], seconds)
+    kinds = [(t["family"], t["modality"]) for t in grid]
+    seconds, plain_trial_s = _time_plain(configs, timed, use_cache=True)
+    cached_wall = _extrapolate(kinds, seconds)
     out |= {
         "cached_plain_trials_timed": len(seconds),
         "cached_plain_wall_s": round(cached_wall, 1),
         "wall_ratio_vs_cached_plain": round(sweep_wall / cached_wall, 3),
+        "trial_slowdown_vs_plain": round(trial_wall / _extrapolate(kinds, plain_trial_s), 3),
     }
     if args.plain_sample != 0:
-        seconds = _time_plain(configs, _plain_sample(configs, args.plain_sample), use_cache=False)
+        sample = _plain_sample(configs, args.plain_sample)
+        seconds, _ = _time_plain(configs, sample, use_cache=False)
         plain_wall = _extrapolate([c.epochs == 0 for c in configs], seconds)
         out |= {
             "uncached_plain_trials_timed": len(seconds),
