@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -514,6 +515,11 @@ class SERModel(nn.Module):
         self.register_buffer(
             "label_ids", torch.tensor(assets.label_ids, dtype=torch.long), persistent=False
         )
+        self._front_end_params = [
+            (name, param)
+            for name, param in self.base.model.named_parameters()
+            if name.startswith(FROZEN_PREFIXES)
+        ]
         self.train(False)
 
     @classmethod
@@ -583,10 +589,7 @@ class SERModel(nn.Module):
 
         Only then are cached projector outputs equal to what the model would compute.
         """
-        for name, param in self.base.model.named_parameters():
-            if name.startswith(FROZEN_PREFIXES) and (param.requires_grad or "lora_" in name):
-                return False
-        return True
+        return not any(p.requires_grad or "lora_" in n for n, p in self._front_end_params)
 
     def train(self, mode: bool = True) -> SERModel:
         """Keep the frozen front end in eval mode: the cache was computed that way."""
@@ -595,6 +598,21 @@ class SERModel(nn.Module):
             self.base.model.audio_tower.eval()
             self.base.model.multi_modal_projector.eval()
         return self
+
+    def compile_language_model(self) -> bool:
+        """Inductor with dynamic shapes (one graph for every batch length): a tiny CPU model's
+        step is Python- and dispatch-bound, which fused kernels remove. Without a C++ compiler
+        on the CPU path it warns once and stays eager, so a trial never fails for speed."""
+        if self.label_ids.device.type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            try:
+                get_cpp_compiler()
+            except Exception as err:  # inductor's InvalidCxxCompiler, or an unusable toolchain
+                warnings.warn(f"torch_compile: {err}; training eager", RuntimeWarning, 2)
+                return False
+        self.base.model.language_model.compile(dynamic=True)
+        return True
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return trainable_parameters(self)

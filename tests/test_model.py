@@ -273,6 +273,8 @@ def test_lora_sits_in_language_model_attention_only(backbone: Path) -> None:
     assert [id(p) for p in trainable_parameters(model)] == [id(by_name[n]) for n in trainable]
     assert model.uses_frozen_encoder
     assert not any(k.startswith("front_end") for k in model.state_dict())
+    model.base.model.multi_modal_projector.requires_grad_(True)
+    assert not model.uses_frozen_encoder  # read live, not when the model was built
 
 
 def test_bfloat16_backbone_gives_fp32_logits(backbone: Path, assets) -> None:
@@ -329,3 +331,15 @@ def test_gradient_step_changes_only_lora_and_adapter_round_trips(
     fresh = SERModel.from_backbone(backbone, seed=3)
     with torch.no_grad():
         assert not torch.equal(fresh(batch), expected)
+
+
+def test_compile_without_a_cxx_compiler_warns_and_stays_eager(backbone: Path, assets, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    model = SERModel.from_backbone(backbone)
+    with pytest.warns(RuntimeWarning, match="torch_compile: .*training eager"):
+        assert not model.compile_language_model()
+    assert model.base.model.language_model._compiled_call_impl is None
+    batch = _batch(assets, [1.0, 2.0])
+    assert model(batch).shape == (2, len(assets.label_ids))

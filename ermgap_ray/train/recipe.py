@@ -243,6 +243,8 @@ class Recipe:
         self.engine: Any = None
         if cfg.epochs > 0:
             self.engine = make_engine(self.model, cfg, self.device, self.engine_kind)
+            if cfg.torch_compile and self.engine_kind == "torch":
+                self.model.compile_language_model()
             self.sampler = GroupStratifiedBatchSampler(
                 language_gender_groups(self.frames["train"]),
                 batch_size=cfg.batch_size,
