@@ -60,9 +60,20 @@ def test_compiled_language_model_trains_as_eager_does(small_corpus, tmp_path):
         assert eager[key] == pytest.approx(compiled[key], abs=1e-6), key
 
 
-def test_torch_engine_resumes_its_own_checkpoint_exactly(small_corpus, tmp_path):
-    """The torch engine's checkpoint (safetensors + JSON) restores weights and AdamW moments."""
-    cfg = TrialConfig(data=str(small_corpus), epochs=2, batch_size=8, bootstrap=20, lr=5e-3)
+@pytest.mark.parametrize(
+    "compiled", [False, pytest.param(True, marks=pytest.mark.slow, id="torch_compile")]
+)
+def test_torch_engine_resumes_its_own_checkpoint_exactly(small_corpus, tmp_path, compiled):
+    """The torch engine's checkpoint (safetensors + JSON) restores weights and AdamW moments,
+    bitwise, compiled language model or not."""
+    cfg = TrialConfig(
+        data=str(small_corpus),
+        epochs=2,
+        batch_size=8,
+        bootstrap=20,
+        lr=5e-3,
+        torch_compile=compiled,
+    )
     straight = run_local(cfg, tmp_path / "straight", engine="torch", verbose=False)
     run_local(cfg.replace(epochs=1), tmp_path / "cut", engine="torch", verbose=False)
     resumed = run_local(cfg, tmp_path / "cut", engine="torch", resume=True, verbose=False)
