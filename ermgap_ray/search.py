@@ -205,13 +205,26 @@ def set_constraints(trial: optuna.trial.Trial, bounds: list[Bound], result: dict
         trial.set_constraint(str(bound), bound.violation(result))
 
 
+# An Optuna trial's user attribute naming the Ray trial it was asked for, so the study and
+# trials.parquet join (and a resumed search can be audited trial by trial).
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
+
+
 class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch whose completed trials carry `bounds` as Optuna constraints before `tell`.
-    The bounds are instance state, so Tune's searcher checkpoint (and `--resume`) keeps them."""
+    """OptunaSearch whose completed trials carry `bounds` as Optuna constraints before `tell`,
+    and the Ray trial id as a user attribute. The bounds are instance state, so Tune's searcher
+    checkpoint (and `--resume`) keeps them."""
 
     def __init__(self, *args: Any, bounds: list[Bound] | None = None, **kwargs: Any) -> None:
         self.bounds = list(bounds or [])
         super().__init__(*args, **kwargs)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        asked = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if asked and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

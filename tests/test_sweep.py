@@ -12,6 +12,7 @@ import pickle
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from ermgap_ray.config import ConfigError, TrialConfig
 from ermgap_ray.deploy import resolve_bounds
 from ermgap_ray.registry import PAPER_FAMILIES, SEARCH_SPACE
 from ermgap_ray.results import read_manifest, read_trials, split_trial_config
-from ermgap_ray.search import SearchSpace
+from ermgap_ray.search import RAY_TRIAL_ID_ATTR, SearchSpace
 from ermgap_ray.sweep import (
     SweepConfig,
     executor_for,
@@ -289,8 +290,15 @@ run_sweep(cfg, trainable=test_sweep.fake_trial, progress_interval_s=1)
     done_before = set(before[before.status == "TERMINATED"].trial_id)
     assert done_before - orphans <= set(final.trial_id)
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{run_dir / 'optuna.db'}")
-    states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 6 + len(done_before & orphans) and "RUNNING" not in states
+    assert "RUNNING" not in [t.state.name for t in study.trials]
+    # Each final trial is told once. An orphan may have been told too, just before the kill,
+    # whether or not its TERMINATED row made it to disk; no other trial is in the study.
+    told_ids = Counter(
+        t.user_attrs[RAY_TRIAL_ID_ATTR] for t in study.trials if t.state.name == "COMPLETE"
+    )
+    assert all(told_ids[t] == 1 for t in final.trial_id), told_ids
+    assert set(told_ids) - set(final.trial_id) <= orphans and max(told_ids.values()) == 1
+    assert done_before & orphans <= set(told_ids)
     gaps = final.set_index("trial_id")["dev/max_gap_wf1"]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert all("dev/max_gap_wf1<=0.03" in t.constraints for t in complete)
