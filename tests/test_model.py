@@ -8,6 +8,8 @@ import logging
 import re
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ from ermgap_ray.model import (
     materialize_tiny_backbone,
     num_audio_tokens,
     resolve_backbone,
+    start_compiler_probe,
     trainable_parameters,
 )
 
@@ -343,3 +346,16 @@ def test_compile_without_a_cxx_compiler_warns_and_stays_eager(backbone: Path, as
     assert model.base.model.language_model._compiled_call_impl is None
     batch = _batch(assets, [1.0, 2.0])
     assert model(batch).shape == (2, len(assets.label_ids))
+
+
+def test_compiler_probe_leaves_the_cpu_probe_built_for_later_processes(tmp_path, monkeypatch):
+    """The driver's background probe builds inductor's per-ISA test programs into the cache dir;
+    a trial process that compiles afterwards loads them and builds nothing."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    probe = start_compiler_probe()
+    assert probe is not None and probe.wait(timeout=300) == 0
+    built = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.so")}
+    assert built, "the probe built no ISA test program"
+    later = "from torch._inductor.cpu_vec_isa import pick_vec_isa; assert pick_vec_isa()"
+    subprocess.run([sys.executable, "-c", later], check=True, timeout=300)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.so")} == built

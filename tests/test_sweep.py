@@ -24,11 +24,13 @@ from ray import cloudpickle, tune
 from ermgap_ray.cluster import connect
 from ermgap_ray.config import ConfigError, TrialConfig
 from ermgap_ray.deploy import resolve_bounds
+from ermgap_ray.errors import DataValidationError
 from ermgap_ray.registry import PAPER_FAMILIES, SEARCH_SPACE
 from ermgap_ray.results import read_manifest, read_trials, split_trial_config
 from ermgap_ray.search import RAY_TRIAL_ID_ATTR, SearchSpace
 from ermgap_ray.sweep import (
     SweepConfig,
+    _prepare_inputs_probing_compiler,
     executor_for,
     expected_cost,
     grid_trials,
@@ -512,3 +514,29 @@ def test_smoke_preset_through_the_cli(tmp_path: Path) -> None:
     manifest = read_manifest(run_dir)
     assert manifest.status == "finished" and manifest.constraints == ["dev/max_gap_wf1<=0.3"]
     assert resolve_bounds(run_dir).constraints == ["dev/max_gap_wf1<=0.3"]
+
+
+def test_bad_input_stops_the_compiler_probe_and_reports_itself(monkeypatch):
+    """The background compiler probe never outlives a sweep that fails on its inputs, and only a
+    compiling sweep starts one."""
+    import ermgap_ray.model
+    import ermgap_ray.sweep
+
+    started: list[subprocess.Popen] = []
+    real_probe = ermgap_ray.model.start_compiler_probe
+
+    def recording_probe() -> subprocess.Popen | None:
+        started.append(real_probe())
+        return started[-1]
+
+    def bad_inputs(configs: list[TrialConfig]) -> dict:
+        raise DataValidationError("manifest.csv row 3: audio file missing")
+
+    monkeypatch.setattr(ermgap_ray.model, "start_compiler_probe", recording_probe)
+    monkeypatch.setattr(ermgap_ray.sweep, "_prepare_inputs", bad_inputs)
+    with pytest.raises(DataValidationError, match="row 3"):
+        _prepare_inputs_probing_compiler([TrialConfig(torch_compile=False)])
+    assert started == []
+    with pytest.raises(DataValidationError, match="row 3"):
+        _prepare_inputs_probing_compiler([TrialConfig(torch_compile=True)])
+    assert len(started) == 1 and started[0].wait(timeout=10) != 0  # killed, not left running
