@@ -514,13 +514,18 @@ def start_compiler_probe() -> subprocess.Popen[bytes] | None:
     """Run inductor's one-off CPU probe in a background process, so that every trial process
     that compiles finds it cached instead of each paying it on a cold machine. The driver starts
     it before it prepares the inputs, which leave a core idle; None on a GPU machine, where the
-    trials compile for the GPU. A probe that fails costs nothing: the trials probe themselves."""
+    trials compile for the GPU. A probe that fails costs nothing: the trials probe themselves.
+
+    It runs in its own session and is never killed (not by Ctrl-C, nor when the inputs are bad):
+    a build cut short leaves a truncated test program, which inductor would read from then on
+    as an instruction set the machine lacks."""
     if torch.cuda.is_available():
         return None
     return subprocess.Popen(
         [sys.executable, "-c", _COMPILER_PROBE],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

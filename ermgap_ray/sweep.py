@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +59,7 @@ NONFINITE_MARKER = "NONFINITE_LOSS.txt"
 KINDS = ("grid", "search", "both")
 EXECUTORS = ("auto", "tune", "train")
 LOCK_FILE = "driver.lock"
-# A cold probe takes ≈ 10 s; past this, trials start and probe for themselves.
+# A cold compiler probe takes ≈ 12 s, imports included; past this the trials start anyway.
 COMPILER_PROBE_WAIT_S = 60.0
 # On --resume these come from the command line; everything else is what sweep.json ran.
 # Tuner.restore keeps the experiment's own TuneConfig and RunConfig, so only these can differ.
@@ -432,15 +432,10 @@ def _prepare_inputs_probing_compiler(configs: list[TrialConfig]) -> dict[str, An
     from ermgap_ray.model import start_compiler_probe
 
     probe = start_compiler_probe() if any(c.torch_compile for c in configs) else None
-    if probe is None:
-        return _prepare_inputs(configs)
-    try:
-        static = _prepare_inputs(configs)
-        probe.wait(timeout=COMPILER_PROBE_WAIT_S)
-    except subprocess.TimeoutExpired:
-        pass  # the trials probe for themselves
-    finally:
-        probe.kill()
+    static = _prepare_inputs(configs)
+    if probe is not None:
+        with suppress(subprocess.TimeoutExpired):  # the trials probe for themselves
+            probe.wait(timeout=COMPILER_PROBE_WAIT_S)
     return static
 
 

@@ -516,8 +516,9 @@ def test_smoke_preset_through_the_cli(tmp_path: Path) -> None:
     assert resolve_bounds(run_dir).constraints == ["dev/max_gap_wf1<=0.3"]
 
 
-def test_bad_input_stops_the_compiler_probe_and_reports_itself(monkeypatch):
-    """The background compiler probe never outlives a sweep that fails on its inputs, and only a
+def test_bad_input_reports_itself_while_the_compiler_probe_completes(monkeypatch):
+    """Bad input still fails with its own error while the background compiler probe runs, and the
+    probe finishes its builds (a killed one would leave a truncated test program behind); only a
     compiling sweep starts one."""
     import ermgap_ray.model
     import ermgap_ray.sweep
@@ -539,4 +540,4 @@ def test_bad_input_stops_the_compiler_probe_and_reports_itself(monkeypatch):
     assert started == []
     with pytest.raises(DataValidationError, match="row 3"):
         _prepare_inputs_probing_compiler([TrialConfig(torch_compile=True)])
-    assert len(started) == 1 and started[0].wait(timeout=10) != 0  # killed, not left running
+    assert len(started) == 1 and started[0].wait(timeout=300) == 0
